@@ -1,0 +1,137 @@
+//! A thin client over the aws CLI: users already have it configured (profiles,
+//! SSO), and it honours `--endpoint-url` for the emulator. Output is parsed
+//! with serde; credentials stay in the environment.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use xshell::{cmd, Shell};
+
+#[derive(Debug, Clone)]
+pub struct Aws {
+    /// The `aws` program: the sandbox's venv copy, or the one on PATH.
+    pub program: PathBuf,
+    /// Send every call here instead of the real endpoints.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Image {
+    pub image_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub virtualization_type: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub creation_date: String,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Tag {
+    key: String,
+    value: String,
+}
+
+impl Image {
+    pub fn tags(&self) -> BTreeMap<&str, &str> {
+        self.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeImages {
+    images: Vec<Image>,
+}
+
+pub fn parse_describe_images(json: &str) -> Result<Vec<Image>> {
+    Ok(serde_json::from_str::<DescribeImages>(json).context("parse describe-images output")?.images)
+}
+
+impl Aws {
+    pub fn from_path(endpoint: Option<String>) -> Aws {
+        Aws { program: PathBuf::from("aws"), endpoint }
+    }
+
+    fn ec2(&self, sh: &Shell, region: &str, args: &[&str]) -> Result<String> {
+        let program = &self.program;
+        let endpoint: Vec<String> =
+            self.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
+        let output = cmd!(sh, "{program} {endpoint...} --region {region} --output json ec2 {args...}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| {
+                format!("run `{}`: install the aws CLI (`pip install awscli`) or put it on PATH", program.display())
+            })?;
+        if !output.status.success() {
+            bail!(
+                "aws ec2 {} in {region}: {}",
+                args.first().unwrap_or(&""),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        String::from_utf8(output.stdout).context("aws output is not UTF-8")
+    }
+
+    /// Images this account owns in `region`, narrowed by `filters`
+    /// (`Name=...,Values=...` strings as the CLI takes them).
+    pub fn own_images(&self, sh: &Shell, region: &str, filters: &[String]) -> Result<Vec<Image>> {
+        let mut args = vec!["describe-images", "--owners", "self"];
+        if !filters.is_empty() {
+            args.push("--filters");
+            args.extend(filters.iter().map(String::as_str));
+        }
+        parse_describe_images(&self.ec2(sh, region, &args)?)
+    }
+
+    /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
+    pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
+        self.own_images(sh, region, &["Name=tag:managed-by,Values=spark-packer".to_string()])
+    }
+
+    /// Counts instance launches by state, e.g. {"running": 2, "terminated": 4}.
+    pub fn instance_states(&self, sh: &Shell, region: &str) -> Result<BTreeMap<String, usize>> {
+        let json = self.ec2(sh, region, &["describe-instances"])?;
+        let value: serde_json::Value = serde_json::from_str(&json).context("parse describe-instances output")?;
+        let mut states = BTreeMap::new();
+        for reservation in value["Reservations"].as_array().into_iter().flatten() {
+            for instance in reservation["Instances"].as_array().into_iter().flatten() {
+                let state = instance["State"]["Name"].as_str().unwrap_or("unknown").to_string();
+                *states.entry(state).or_default() += 1;
+            }
+        }
+        Ok(states)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_describe_images() {
+        // Trimmed from `aws ec2 describe-images` against moto 5.2.1.
+        let json = r#"{"Images": [{"BlockDeviceMappings": [], "Name": "spark-packer-base-pv",
+            "Tags": [{"Key": "managed-by", "Value": "spark-packer"}],
+            "VirtualizationType": "paravirtual", "ImageId": "ami-1fd2ada448893a5d9",
+            "State": "available", "OwnerId": "123456789012", "CreationDate": "2026-11-25T00:24:31.000Z",
+            "Public": false, "Architecture": "x86_64"}]}"#;
+        let images = parse_describe_images(json).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].image_id, "ami-1fd2ada448893a5d9");
+        assert_eq!(images[0].virtualization_type, "paravirtual");
+        assert_eq!(images[0].tags().get("managed-by"), Some(&"spark-packer"));
+    }
+}

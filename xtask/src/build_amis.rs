@@ -1,0 +1,511 @@
+//! `cargo xtask build-amis`: expand the matrix, run one Packer build per cell
+//! in parallel, record every AMI of each successful build in ami-list, and
+//! report the run.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use xshell::Shell;
+
+use crate::{
+    ami_list::{self, Cell},
+    endpoint::EndpointArgs,
+    matrix::{Build, Filters, Matrix, Strategy},
+    packer,
+    progress::{Event, Printer},
+    project,
+};
+
+/// Build and register the AMIs of the matrix, and record their IDs in ami-list.
+///
+/// Each cell of packer/matrix.json (image x virtualization x architecture)
+/// is one `packer build` of packer/spark-ami.pkr.hcl; the builds run in
+/// parallel. Only a successful build writes its ami-list files, atomically.
+///
+/// Start here: `cargo xtask build-amis --local --dry-run`, then without
+/// --dry-run. On real AWS, credentials come from the usual aws CLI sources.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Named selection from packer/matrix.json: `default` (HVM, x86_64 +
+    /// arm64, 3 regions) or `seed-2014` (the 2014 original's 32 AMIs).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+
+    /// Only these images (repeat, or comma list), e.g. base,spark-3.5.3
+    #[arg(long, value_delimiter = ',')]
+    pub image: Vec<String>,
+
+    /// Only these virtualization types: hvm, pv
+    #[arg(long, value_delimiter = ',')]
+    pub virt: Vec<String>,
+
+    /// Only these architectures: x86_64, arm64 (arm64 is HVM only)
+    #[arg(long, value_delimiter = ',')]
+    pub arch: Vec<String>,
+
+    /// Only these regions, e.g. us-east-1,eu-west-1
+    #[arg(long, value_delimiter = ',')]
+    pub region: Vec<String>,
+
+    /// copy: build once, copy to the other regions (fewest launches).
+    /// native: build in every region (no copies).
+    #[arg(long, value_enum, default_value_t = Strategy::Copy)]
+    pub strategy: Strategy,
+
+    /// How many Packer builds run at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+
+    /// Print every build and AMI the run would make, and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Make the AMIs public (ami_groups = ["all"]), as the 2014 seed did.
+    #[arg(long)]
+    pub public: bool,
+
+    /// API-only builds: launch, snapshot and register without provisioning
+    /// (communicator = "none"). The AMIs are unmodified copies of the source.
+    #[arg(long)]
+    pub no_provision: bool,
+
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+
+    /// The ami-list tree to update. Default: the checked-in ami-list/ for
+    /// real AWS; target/local/ami-list with --local.
+    #[arg(long, value_name = "DIR")]
+    pub ami_list: Option<PathBuf>,
+
+    /// Print the run's report as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print every Packer step of every build as it happens.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// The outcome of one build, as reported and saved.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildResult {
+    pub name: String,
+    pub image: String,
+    pub virt: String,
+    pub arch: String,
+    pub build_region: String,
+    pub status: Status,
+    /// Region -> AMI ID, for every AMI Packer reported (even on failure).
+    pub amis: BTreeMap<String, String>,
+    /// The ami-list files written, relative to the tree.
+    pub recorded: Vec<String>,
+    pub seconds: f64,
+    pub log: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub preset: String,
+    pub strategy: Strategy,
+    pub provisioned: bool,
+    pub endpoint: Option<String>,
+    pub ami_list: String,
+    pub git_commit: String,
+    pub builds: Vec<BuildResult>,
+}
+
+/// A planned AMI: what a dry run shows.
+#[derive(Debug, Serialize)]
+struct PlannedBuild<'a> {
+    name: &'a str,
+    launch_region: &'a str,
+    instance_type: &'a str,
+    source_ami: &'a str,
+    amis: Vec<String>,
+}
+
+pub fn main(sh: &Shell, args: &Args) -> Result<()> {
+    let matrix_file = project::matrix_file();
+    let matrix = fs::read_to_string(&matrix_file)
+        .with_context(|| format!("read {}", matrix_file.display()))
+        .and_then(|text| Matrix::parse(&text))
+        .with_context(|| format!("{}: fix the file, then run `cargo xtask validate`", matrix_file.display()))?;
+    let filters = Filters {
+        images: args.image.clone(),
+        virts: args.virt.clone(),
+        archs: args.arch.clone(),
+        regions: args.region.clone(),
+    };
+    let builds = matrix.expand(&args.preset, &filters, args.strategy, args.public)?;
+    let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+
+    if args.dry_run {
+        return print_plan(&builds, &ami_list_root, args.json);
+    }
+
+    // The local sandbox provisions once its local instance exists (issue 3);
+    // until then it builds API-only. Elsewhere an unprovisioned AMI must be asked for.
+    let provision = !args.no_provision && !args.endpoint.local;
+    if provision {
+        bail!(
+            "provisioned builds need the provisioners, which are not written yet: \
+             pass --no-provision for API-only AMIs (unmodified copies of the source image)"
+        );
+    }
+
+    let version = packer::check_installed(sh)?;
+    packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
+    let connection = args.endpoint.connect(sh)?;
+
+    let started = project::now_secs();
+    let run_id = project::run_id(started, std::process::id());
+    let run = Run {
+        run_id: run_id.clone(),
+        git_commit: project::git_commit(sh),
+        created_at: project::rfc3339(started),
+        endpoint: connection.endpoint.clone(),
+        skip_aws_validation: connection.is_emulator,
+        provision,
+        log_dir: project::target_dir().join("packer-logs").join(&run_id),
+        ami_list: ami_list_root.clone(),
+    };
+    fs::create_dir_all(&run.log_dir).with_context(|| format!("create {}", run.log_dir.display()))?;
+
+    eprintln!(
+        "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}; logs in {}",
+        builds.len(),
+        builds.iter().map(|b| b.regions().count()).sum::<usize>(),
+        format!("{:?}", args.strategy).to_lowercase(),
+        args.jobs,
+        connection.endpoint.as_deref().map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
+        display(&run.log_dir),
+    );
+    let clock = Instant::now();
+    let printer = Printer::start(builds.len(), args.verbose);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(usize::from(args.jobs))
+        .build()
+        .context("start the build thread pool")?;
+    let worker_state = (sh.clone(), printer.sender());
+    let results: Vec<BuildResult> = pool.install(|| {
+        builds
+            .par_iter()
+            .map_with(worker_state, |(sh, events), build| run_build(sh, &run, build, events))
+            .collect()
+    });
+    printer.finish();
+
+    let report = Report {
+        run_id: run_id.clone(),
+        started_at: run.created_at.clone(),
+        seconds: clock.elapsed().as_secs_f64(),
+        preset: args.preset.clone(),
+        strategy: args.strategy,
+        provisioned: provision,
+        endpoint: connection.endpoint.clone(),
+        ami_list: display(&ami_list_root),
+        git_commit: run.git_commit.clone(),
+        builds: results,
+    };
+    let report_path = save_report(&report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", summary_table(&report));
+        println!("report: {}", display(&report_path));
+    }
+    let failed = report.builds.iter().filter(|b| b.status == Status::Failed).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} builds failed; their ami-list files are unchanged. See the logs named above",
+            report.builds.len()
+        );
+    }
+    Ok(())
+}
+
+/// What every build of one run shares.
+struct Run {
+    run_id: String,
+    git_commit: String,
+    created_at: String,
+    endpoint: Option<String>,
+    skip_aws_validation: bool,
+    provision: bool,
+    log_dir: PathBuf,
+    ami_list: PathBuf,
+}
+
+/// The Packer variables for one build: the template's whole interface.
+pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &str) -> serde_json::Value {
+    serde_json::json!({
+        "build_name": build.name,
+        "image": build.image.name,
+        "spark_version": build.image.spark.as_ref().map_or("none", |s| s.version.as_str()),
+        "virt": build.virt,
+        "arch": build.arch,
+        "region": build.region,
+        "copy_regions": build.copy_regions,
+        "instance_type": build.instance_type,
+        "source_ami_name": build.source_ami.name,
+        "source_ami_owners": build.source_ami.owners,
+        "ami_groups": if build.public { vec!["all"] } else { vec![] },
+        "run_id": run_id,
+        "git_commit": git_commit,
+        "created_at": created_at,
+    })
+}
+
+fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sender<Event>) -> BuildResult {
+    let clock = Instant::now();
+    let log = run.log_dir.join(format!("{}.log", build.name));
+    let send = |event| {
+        let _ = events.send(event);
+    };
+    send(Event::Started {
+        build: build.name.clone(),
+        detail: match build.copy_regions.len() {
+            0 => format!("in {}", build.region),
+            n => format!("in {}, copying to {n} regions", build.region),
+        },
+    });
+    let outcome = packer_build(sh, run, build, &log, |step| {
+        send(Event::Step { build: build.name.clone(), step })
+    });
+    let mut result = BuildResult {
+        name: build.name.clone(),
+        image: build.image.name.clone(),
+        virt: build.virt.clone(),
+        arch: build.arch.clone(),
+        build_region: build.region.clone(),
+        status: Status::Failed,
+        amis: BTreeMap::new(),
+        recorded: Vec::new(),
+        seconds: 0.0,
+        log: display(&log),
+        error: None,
+    };
+    match outcome {
+        Ok(amis) => {
+            result.amis = amis;
+            match record(&run.ami_list, build, &result.amis) {
+                Ok(recorded) => {
+                    result.recorded = recorded;
+                    result.status = Status::Ok;
+                }
+                Err(e) => result.error = Some(format!("{e:#}")),
+            }
+        }
+        Err(failure) => {
+            result.amis = failure.amis;
+            result.error = Some(failure.message);
+        }
+    }
+    result.seconds = clock.elapsed().as_secs_f64();
+    send(match &result.error {
+        None => Event::Finished {
+            build: build.name.clone(),
+            detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
+        },
+        Some(error) => Event::Failed { build: build.name.clone(), error: error.clone(), log: result.log.clone() },
+    });
+    result
+}
+
+struct Failure {
+    message: String,
+    amis: BTreeMap<String, String>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure { message: format!("{e:#}"), amis: BTreeMap::new() }
+    }
+}
+
+/// Runs Packer for one build; returns region -> AMI ID for every region the
+/// build promised, or why it failed.
+fn packer_build(
+    sh: &Shell,
+    run: &Run,
+    build: &Build,
+    log: &Path,
+    mut on_step: impl FnMut(String),
+) -> Result<BTreeMap<String, String>, Failure> {
+    let mut vars = packer_vars(build, &run.run_id, &run.git_commit, &run.created_at);
+    vars["endpoint_ec2"] = run.endpoint.clone().unwrap_or_default().into();
+    vars["skip_aws_validation"] = run.skip_aws_validation.into();
+    vars["communicator"] = if run.provision { "ssh" } else { "none" }.into();
+    let var_file = run.log_dir.join(format!("{}.pkrvars.json", build.name));
+    fs::write(&var_file, serde_json::to_string_pretty(&vars).map_err(anyhow::Error::from)?)
+        .with_context(|| format!("write {}", var_file.display()))?;
+
+    let template = project::root().join("packer/spark-ami.pkr.hcl");
+    let packer_run = packer::build(sh, &template, &var_file, log, |line| {
+        if let Some(step) = packer::step(line) {
+            on_step(step);
+        }
+    })
+    .with_context(|| format!("packer build {}", build.name))?;
+
+    let amis: BTreeMap<String, String> =
+        packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
+    if !packer_run.success {
+        let errors = packer::errors(&packer_run.output);
+        let message = errors
+            .first()
+            .cloned()
+            .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
+            .unwrap_or_else(|| "packer build failed without a message".to_string());
+        return Err(Failure { message, amis });
+    }
+    let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
+    if !missing.is_empty() {
+        return Err(Failure {
+            message: format!("Packer succeeded but reported no AMI for {}", missing.join(", ")),
+            amis,
+        });
+    }
+    Ok(amis)
+}
+
+/// Writes one ami-list file per region of a successful build.
+fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for region in build.regions() {
+        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+        ami_list::write(root, &cell, &amis[region])?;
+        written.push(cell.relative_path().display().to_string());
+    }
+    Ok(written)
+}
+
+fn save_report(report: &Report) -> Result<PathBuf> {
+    let dir = project::target_dir().join("build-reports");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{}.json", report.run_id));
+    let json = serde_json::to_string_pretty(report)?;
+    fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
+    let latest = dir.join("latest.json");
+    let tmp = dir.join(format!(".latest.json.tmp-{}", std::process::id()));
+    fs::write(&tmp, &json).and_then(|()| fs::rename(&tmp, &latest)).context("write latest.json")?;
+    Ok(path)
+}
+
+/// One row per AMI: build, status, time, region, ID.
+pub fn summary_table(report: &Report) -> String {
+    let mut rows = vec![["BUILD".to_string(), "STATUS".into(), "TIME".into(), "REGION".into(), "AMI".into()]];
+    for build in &report.builds {
+        let status = match build.status {
+            Status::Ok => "ok",
+            Status::Failed => "FAILED",
+        };
+        let time = format!("{:.1}s", build.seconds);
+        if build.amis.is_empty() {
+            let error = build.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            rows.push([build.name.clone(), status.into(), time.clone(), "-".into(), error.to_string()]);
+        }
+        for (i, (region, ami)) in build.amis.iter().enumerate() {
+            let first = i == 0;
+            rows.push([
+                if first { build.name.clone() } else { String::new() },
+                if first { status.into() } else { String::new() },
+                if first { time.clone() } else { String::new() },
+                region.clone(),
+                ami.clone(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:>w2$}  {:w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
+    out.push_str(&format!(
+        "\n{} of {} builds ok, {} AMIs recorded in {} in {:.1}s{}\n",
+        ok.len(),
+        report.builds.len(),
+        ok.iter().map(|b| b.recorded.len()).sum::<usize>(),
+        report.ami_list,
+        report.seconds,
+        if report.provisioned { "" } else { " (API-only: not provisioned)" },
+    ));
+    out
+}
+
+fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> {
+    let planned: Vec<PlannedBuild> = builds
+        .iter()
+        .map(|b| PlannedBuild {
+            name: &b.name,
+            launch_region: &b.region,
+            instance_type: &b.instance_type,
+            source_ami: &b.source_ami.name,
+            amis: b
+                .regions()
+                .map(|region| {
+                    let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
+                    cell.relative_path().display().to_string()
+                })
+                .collect(),
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&planned)?);
+        return Ok(());
+    }
+    for build in &planned {
+        println!(
+            "{}: launch {} in {} from {}",
+            build.name, build.instance_type, build.launch_region, build.source_ami
+        );
+        for ami in &build.amis {
+            println!("    {}", ami);
+        }
+    }
+    println!(
+        "\n{} builds, {} AMIs, recorded under {} (dry run: nothing was built)",
+        planned.len(),
+        planned.iter().map(|b| b.amis.len()).sum::<usize>(),
+        display(ami_list_root)
+    );
+    Ok(())
+}
+
+/// A path relative to the repository root where it lies inside it.
+pub fn display(path: &Path) -> String {
+    path.strip_prefix(project::root()).unwrap_or(path).display().to_string()
+}

@@ -1,0 +1,14 @@
+//! spark-packer's xtask: an EC2 AMI factory for Spark clusters.
+//! The spine is `matrix -> packer -> ami_list`; `aws` and `local` are edges.
+
+pub mod ami_list;
+pub mod aws;
+pub mod build_amis;
+pub mod clean_old_amis;
+pub mod endpoint;
+pub mod local;
+pub mod matrix;
+pub mod packer;
+pub mod progress;
+pub mod project;
+pub mod validate;

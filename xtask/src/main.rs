@@ -1,0 +1,45 @@
+//! The switchboard: parse, make one Shell at the repo root, call one module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xtask::{build_amis, clean_old_amis, project, validate};
+
+/// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
+///
+/// New here? `cargo xtask build-amis --local --preset seed-2014` builds the
+/// 2014 matrix against a local EC2 emulator, with no AWS account.
+#[derive(Parser)]
+#[command(name = "cargo xtask", arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    BuildAmis(build_amis::Args),
+    Validate(validate::Args),
+    CleanOldAmis(clean_old_amis::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(project::root());
+    match cli.command {
+        Command::BuildAmis(args) => build_amis::main(&sh, &args),
+        Command::Validate(args) => validate::main(&sh, &args),
+        Command::CleanOldAmis(args) => clean_old_amis::main(&sh, &args),
+    }
+}

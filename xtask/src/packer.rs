@@ -1,0 +1,268 @@
+//! Packer at the edge: the version check, one `packer build -machine-readable`
+//! per build with its full log in a file, and a pure parser of that output.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// The oldest Packer whose built-in amazon builders and HCL2 the templates use.
+pub const MIN_VERSION: (u32, u32, u32) = (1, 6, 6);
+
+/// One AMI that Packer reports in an artifact line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// Packer's build name, e.g. `amazon-ebs.ami`.
+    pub build: String,
+    pub region: String,
+    pub ami_id: String,
+}
+
+/// A machine-readable line: `timestamp,target,type,data...`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub target: &'a str,
+    pub kind: &'a str,
+    pub data: Vec<String>,
+}
+
+/// Undoes Packer's escaping of commas and newlines inside a field.
+fn unescape(field: &str) -> String {
+    field.replace("%!(PACKER_COMMA)", ",").replace("\\n", "\n").replace("\\r", "\r")
+}
+
+pub fn parse_line(line: &str) -> Option<Line<'_>> {
+    let mut fields = line.trim_end_matches(['\r', '\n']).split(',');
+    let timestamp = fields.next()?;
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let target = fields.next()?;
+    let kind = fields.next()?;
+    Some(Line { target, kind, data: fields.map(unescape).collect() })
+}
+
+/// Every AMI in the `artifact,N,id,region:ami,...` lines of a run's output.
+pub fn artifacts(output: &str) -> Vec<Artifact> {
+    let mut found = Vec::new();
+    for line in output.lines().filter_map(parse_line) {
+        if line.kind != "artifact" || line.data.get(1).map(String::as_str) != Some("id") {
+            continue;
+        }
+        let Some(ids) = line.data.get(2) else { continue };
+        for pair in ids.split(',') {
+            if let Some((region, ami_id)) = pair.split_once(':') {
+                found.push(Artifact {
+                    build: line.target.to_string(),
+                    region: region.trim().to_string(),
+                    ami_id: ami_id.trim().to_string(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// The errors Packer reports for its builds (`target,error,message` lines).
+pub fn errors(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(parse_line)
+        .filter(|line| line.kind == "error" && !line.target.is_empty())
+        .filter_map(|line| line.data.into_iter().next())
+        .collect()
+}
+
+/// The step a build is on, from `ui,say,==> build: Step...` lines.
+pub fn step(line: &str) -> Option<String> {
+    let line = parse_line(line)?;
+    if line.kind != "ui" || line.data.first().map(String::as_str) != Some("say") {
+        return None;
+    }
+    let text = line.data.get(1)?;
+    let text = text.strip_prefix("==> ")?;
+    let step = text.split_once(": ").map_or(text, |(_, step)| step);
+    Some(step.trim().to_string())
+}
+
+/// Parses `Packer v1.6.6` (and `1.11.2`, as newer versions print it).
+pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
+    let word = output.split_whitespace().find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = word.trim_start_matches('v').split('.').map(|p| {
+        p.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok()
+    });
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// Finds Packer and checks its version; returns it.
+pub fn check_installed(sh: &Shell) -> Result<(u32, u32, u32)> {
+    let output = cmd!(sh, "packer version").quiet().ignore_status().output().map_err(|_| {
+        anyhow::anyhow!("`packer` not found: install it with `apt-get install packer` (1.6.6 or newer)")
+    })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = parse_version(&text)
+        .with_context(|| format!("could not read the version from `packer version`: {text:?}"))?;
+    if version < MIN_VERSION {
+        bail!(
+            "Packer {}.{}.{} is too old: install 1.6.6 or newer (`apt-get install packer`)",
+            version.0,
+            version.1,
+            version.2
+        );
+    }
+    Ok(version)
+}
+
+/// Packer 1.7+ needs `packer init` for the amazon plugin; 1.6.6 has it built in
+/// and rejects `required_plugins`, which is why that block lives in its own file.
+pub fn init_plugins_if_needed(sh: &Shell, version: (u32, u32, u32), plugins_file: &Path) -> Result<()> {
+    if version >= (1, 7, 0) {
+        let output = cmd!(sh, "packer init {plugins_file}").quiet().ignore_status().output()?;
+        if !output.status.success() {
+            bail!("packer init {}: {}", plugins_file.display(), String::from_utf8_lossy(&output.stderr).trim());
+        }
+    }
+    Ok(())
+}
+
+/// What one `packer build` produced.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    pub output: String,
+    pub stderr: String,
+}
+
+/// Runs one `packer build`, teeing stdout and stderr into `log`, and calling
+/// `on_line` with each stdout line as it arrives (for live progress).
+pub fn build(
+    sh: &Shell,
+    template: &Path,
+    var_file: &Path,
+    log: &Path,
+    mut on_line: impl FnMut(&str),
+) -> Result<Run> {
+    let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let log_file = Arc::new(Mutex::new(log_file));
+    let mut command: std::process::Command = cmd!(
+        sh,
+        "packer build -machine-readable -color=false -var-file={var_file} {template}"
+    )
+    .quiet()
+    .into();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start `packer`: is it installed? (`apt-get install packer`)")?;
+
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let stderr_log = Arc::clone(&log_file);
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        let _ = stderr_log.lock().map(|mut f| f.write_all(text.as_bytes()));
+        text
+    });
+
+    let mut output = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
+        let line = line.context("read packer output")?;
+        if let Ok(mut f) = log_file.lock() {
+            writeln!(f, "{line}").with_context(|| format!("write {}", log.display()))?;
+        }
+        on_line(&line);
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let status = child.wait().context("wait for packer")?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    Ok(Run { success: status.success(), output, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded from `packer build -machine-readable` (Packer 1.6.6) of
+    /// packer/spark-ami.pkr.hcl against moto: a copy build to 7 regions.
+    const SUCCESS: &str = include_str!("../tests/fixtures/packer-1.6.6-copy-success.txt");
+    /// Recorded the same way: a source AMI filter that matches nothing.
+    const NO_SOURCE: &str = include_str!("../tests/fixtures/packer-1.6.6-no-source-ami.txt");
+
+    #[test]
+    fn parses_every_region_of_a_copy_build() {
+        let found = artifacts(SUCCESS);
+        assert_eq!(found.len(), 8, "{found:#?}");
+        let mut regions: Vec<&str> = found.iter().map(|a| a.region.as_str()).collect();
+        regions.sort();
+        assert_eq!(
+            regions,
+            [
+                "ap-northeast-1",
+                "ap-southeast-1",
+                "ap-southeast-2",
+                "eu-west-1",
+                "sa-east-1",
+                "us-east-1",
+                "us-west-1",
+                "us-west-2"
+            ]
+        );
+        assert!(found.iter().all(|a| a.build == "amazon-ebs.ami"));
+        assert!(found.iter().all(|a| a.ami_id.starts_with("ami-") && a.ami_id.len() == 21));
+        assert!(errors(SUCCESS).is_empty());
+    }
+
+    #[test]
+    fn a_failed_build_has_no_artifacts_and_one_error() {
+        assert!(artifacts(NO_SOURCE).is_empty());
+        let errors = errors(NO_SOURCE);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("No AMI was found matching filters: {\n"), "{}", errors[0]);
+        assert!(errors[0].contains(r#"Name: "name","#), "commas are unescaped: {}", errors[0]);
+    }
+
+    #[test]
+    fn artifact_lines_join_regions_with_packer_comma() {
+        let line = "1795566271,amazon-ebs.ami,artifact,0,id,eu-west-1:ami-3f6c16c5b02462ad8%!(PACKER_COMMA)us-east-1:ami-e50466ec168af69fd";
+        let found = artifacts(line);
+        assert_eq!(
+            found,
+            [
+                Artifact { build: "amazon-ebs.ami".into(), region: "eu-west-1".into(), ami_id: "ami-3f6c16c5b02462ad8".into() },
+                Artifact { build: "amazon-ebs.ami".into(), region: "us-east-1".into(), ami_id: "ami-e50466ec168af69fd".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn ignores_lines_that_are_not_machine_readable() {
+        assert_eq!(parse_line("Error: something"), None);
+        assert_eq!(parse_line(""), None);
+        assert!(artifacts("garbage\n,,,\n").is_empty());
+    }
+
+    #[test]
+    fn steps_come_from_say_lines() {
+        let steps: Vec<String> = SUCCESS.lines().filter_map(step).collect();
+        assert!(steps.contains(&"Launching a source AWS instance...".to_string()), "{steps:#?}");
+        assert!(!steps.iter().any(|s| s.starts_with("==>")));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("Packer v1.6.6\n"), Some((1, 6, 6)));
+        assert_eq!(parse_version("Packer v1.11.2\n\nYour version of Packer is out of date!"), Some((1, 11, 2)));
+        assert_eq!(parse_version("1.9.4"), Some((1, 9, 4)));
+        assert_eq!(parse_version("nothing here"), None);
+        assert!(parse_version("Packer v1.6.5").unwrap() < MIN_VERSION);
+    }
+}
