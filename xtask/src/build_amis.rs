@@ -76,6 +76,11 @@ pub struct Args {
     #[arg(long)]
     pub no_provision: bool,
 
+    /// Read the matrix from this file instead of packer/matrix.json, e.g.
+    /// to try another Spark version or source image before checking it in.
+    #[arg(long, value_name = "FILE")]
+    pub matrix: Option<PathBuf>,
+
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 
@@ -144,7 +149,7 @@ struct PlannedBuild<'a> {
 }
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
-    let matrix_file = project::matrix_file();
+    let matrix_file = args.matrix.clone().unwrap_or_else(project::matrix_file);
     let matrix = fs::read_to_string(&matrix_file)
         .with_context(|| format!("read {}", matrix_file.display()))
         .and_then(|text| Matrix::parse(&text))

@@ -1,0 +1,244 @@
+//! `cargo xtask build-amis` end to end: the real Packer against a real EC2
+//! emulator (moto server) on a loopback port, API-only (`--no-provision`).
+//! Each test starts its own emulator and writes its own ami-list under
+//! target/, never the checked-in one.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use xtask::{aws::Image, local, project};
+use xshell::Shell;
+
+const SEED_REGIONS: [&str; 8] = [
+    "ap-northeast-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "eu-west-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// A fresh directory for one test under target/, so runs never share state.
+fn scratch(name: &str) -> PathBuf {
+    let dir = project::target_dir().join("test-scratch").join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn build_amis(emulator: &local::Emulator, ami_list: &Path, extra: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["build-amis", "--no-provision", "--preset", "seed-2014", "--json"])
+        .arg("--endpoint")
+        .arg(emulator.endpoint())
+        .arg("--ami-list")
+        .arg(ami_list)
+        .args(extra);
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        command.env(key, value);
+    }
+    command.output().expect("run the xtask binary")
+}
+
+/// Every file of an ami-list tree: "image/region/slot" -> its content.
+fn read_tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let key = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(key, fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+fn seed_cells() -> Vec<String> {
+    let mut cells = Vec::new();
+    for image in ["base", "spark-3.5.3"] {
+        for region in SEED_REGIONS {
+            for slot in ["hvm", "pv"] {
+                cells.push(format!("{image}/{region}/{slot}"));
+            }
+        }
+    }
+    cells.sort();
+    cells
+}
+
+/// The factory's images in every seed region, as the emulator reports them.
+fn images_by_region(emulator: &local::Emulator) -> BTreeMap<String, BTreeMap<String, Image>> {
+    let sh = Shell::new().unwrap();
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        sh.set_var(key, value);
+    }
+    let aws = emulator.aws();
+    SEED_REGIONS
+        .iter()
+        .map(|region| {
+            let images = aws.factory_images(&sh, region).unwrap();
+            (region.to_string(), images.into_iter().map(|i| (i.image_id.clone(), i)).collect())
+        })
+        .collect()
+}
+
+fn report(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("--json printed no report ({e}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// Each recorded ID exists in the emulator, in its file's region, with the
+/// file's virtualization type and the factory's tags from this run.
+fn assert_recorded_amis_exist(emulator: &local::Emulator, tree: &BTreeMap<String, String>, run_id: &str) {
+    let images = images_by_region(emulator);
+    for (cell, content) in tree {
+        let [image, region, slot] = cell.split('/').collect::<Vec<_>>()[..] else { panic!("bad cell {cell}") };
+        let id = content.strip_suffix('\n').unwrap_or_else(|| panic!("{cell}: no trailing newline: {content:?}"));
+        let found = images[region]
+            .get(id)
+            .unwrap_or_else(|| panic!("{cell}: {id} is not a factory image in {region}"));
+        let virtualization = if slot == "pv" { "paravirtual" } else { "hvm" };
+        assert_eq!(found.virtualization_type, virtualization, "{cell}: {id}");
+        let tags = found.tags();
+        assert_eq!(tags.get("managed-by"), Some(&"spark-packer"), "{cell}: {id}");
+        assert_eq!(tags.get("spark-packer:image"), Some(&image), "{cell}: {id}");
+        assert_eq!(tags.get("spark-packer:virtualization"), Some(&slot), "{cell}: {id}");
+        assert_eq!(tags.get("spark-packer:architecture"), Some(&"x86_64"), "{cell}: {id}");
+        assert_eq!(tags.get("spark-packer:run-id"), Some(&run_id), "{cell}: {id}");
+        let spark = if image == "base" { "none" } else { "3.5.3" };
+        assert_eq!(tags.get("spark-packer:spark-version"), Some(&spark), "{cell}: {id}");
+    }
+}
+
+fn assert_succeeded(output: &Output) {
+    assert!(output.status.success(), "build-amis failed:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Instances launched per region, whatever their state now.
+fn launches(emulator: &local::Emulator) -> BTreeMap<String, usize> {
+    let sh = Shell::new().unwrap();
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        sh.set_var(key, value);
+    }
+    let aws = emulator.aws();
+    SEED_REGIONS
+        .iter()
+        .map(|region| (region.to_string(), aws.instance_states(&sh, region).unwrap().values().sum()))
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+#[test]
+fn copy_mode_records_32_amis_and_a_second_run_replaces_them() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let ami_list = scratch("copy").join("ami-list");
+
+    let first = build_amis(&emulator, &ami_list, &["--strategy", "copy"]);
+    assert_succeeded(&first);
+    let first_report = report(&first);
+    assert_eq!(first_report["builds"].as_array().unwrap().len(), 4);
+    let first_tree = read_tree(&ami_list);
+    assert_eq!(first_tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    assert_recorded_amis_exist(&emulator, &first_tree, first_report["run_id"].as_str().unwrap());
+    // The copy strategy launches each of the 4 builds once, in the build region.
+    assert_eq!(launches(&emulator), BTreeMap::from([("us-east-1".to_string(), 4)]));
+
+    let second = build_amis(&emulator, &ami_list, &["--strategy", "copy"]);
+    assert_succeeded(&second);
+    let second_report = report(&second);
+    assert_ne!(first_report["run_id"], second_report["run_id"]);
+    let second_tree = read_tree(&ami_list);
+    assert_eq!(second_tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    for (cell, id) in &second_tree {
+        assert_ne!(&first_tree[cell], id, "{cell}: the second run did not replace the ID");
+    }
+    assert_recorded_amis_exist(&emulator, &second_tree, second_report["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn native_mode_records_32_amis_built_in_their_own_regions() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let ami_list = scratch("native").join("ami-list");
+
+    let output = build_amis(&emulator, &ami_list, &["--strategy", "native"]);
+    assert_succeeded(&output);
+    let report = report(&output);
+    assert_eq!(report["builds"].as_array().unwrap().len(), 32);
+    let tree = read_tree(&ami_list);
+    assert_eq!(tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    assert_recorded_amis_exist(&emulator, &tree, report["run_id"].as_str().unwrap());
+    // Native builds launch 4 instances in every region and copy nothing.
+    let every_region_four = SEED_REGIONS.iter().map(|r| (r.to_string(), 4)).collect::<BTreeMap<_, _>>();
+    assert_eq!(launches(&emulator), every_region_four);
+}
+
+#[test]
+fn a_failing_build_leaves_the_others_written_and_its_own_ids_untouched() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let dir = scratch("failing");
+    let ami_list = dir.join("ami-list");
+
+    let earlier = build_amis(&emulator, &ami_list, &[]);
+    assert_succeeded(&earlier);
+    let earlier_tree = read_tree(&ami_list);
+
+    // A PV source filter that matches nothing makes the two PV builds fail.
+    let mut matrix: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
+    let pv = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "pv").unwrap();
+    pv["archs"][0]["source_ami"]["name"] = "no-such-source-image-*".into();
+    let broken_matrix = dir.join("matrix.json");
+    fs::write(&broken_matrix, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
+
+    let output = build_amis(&emulator, &ami_list, &["--matrix", broken_matrix.to_str().unwrap()]);
+    assert!(!output.status.success(), "a failed build must fail the run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("2 of 4 builds failed"), "{stderr}");
+    let report = report(&output);
+    let statuses: BTreeMap<&str, &str> = report["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap(), b["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            ("base-hvm-x86_64", "ok"),
+            ("base-pv-x86_64", "failed"),
+            ("spark-3.5.3-hvm-x86_64", "ok"),
+            ("spark-3.5.3-pv-x86_64", "failed"),
+        ])
+    );
+
+    let tree = read_tree(&ami_list);
+    assert_eq!(tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    for (cell, id) in &tree {
+        if cell.ends_with("/pv") {
+            assert_eq!(&earlier_tree[cell], id, "{cell}: a failed build changed its ID");
+        } else {
+            assert_ne!(&earlier_tree[cell], id, "{cell}: a successful build did not record its ID");
+        }
+    }
+    let hvm_only: BTreeMap<String, String> =
+        tree.into_iter().filter(|(cell, _)| cell.ends_with("/hvm")).collect();
+    assert_recorded_amis_exist(&emulator, &hvm_only, report["run_id"].as_str().unwrap());
+}
