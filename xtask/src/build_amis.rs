@@ -153,7 +153,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix = fs::read_to_string(&matrix_file)
         .with_context(|| format!("read {}", matrix_file.display()))
         .and_then(|text| Matrix::parse(&text))
-        .with_context(|| format!("{}: fix the file, then run `cargo xtask validate`", matrix_file.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: fix the file, then run `cargo xtask validate`",
+                matrix_file.display()
+            )
+        })?;
     let filters = Filters {
         images: args.image.clone(),
         virts: args.virt.clone(),
@@ -193,7 +198,8 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         log_dir: project::target_dir().join("packer-logs").join(&run_id),
         ami_list: ami_list_root.clone(),
     };
-    fs::create_dir_all(&run.log_dir).with_context(|| format!("create {}", run.log_dir.display()))?;
+    fs::create_dir_all(&run.log_dir)
+        .with_context(|| format!("create {}", run.log_dir.display()))?;
 
     eprintln!(
         "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}; logs in {}",
@@ -201,7 +207,11 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         builds.iter().map(|b| b.regions().count()).sum::<usize>(),
         format!("{:?}", args.strategy).to_lowercase(),
         args.jobs,
-        connection.endpoint.as_deref().map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
+        connection
+            .endpoint
+            .as_deref()
+            .map(|e| format!(", EC2 at {e}"))
+            .unwrap_or_default(),
         display(&run.log_dir),
     );
     let clock = Instant::now();
@@ -214,7 +224,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let results: Vec<BuildResult> = pool.install(|| {
         builds
             .par_iter()
-            .map_with(worker_state, |(sh, events), build| run_build(sh, &run, build, events))
+            .map_with(worker_state, |(sh, events), build| {
+                run_build(sh, &run, build, events)
+            })
             .collect()
     });
     printer.finish();
@@ -238,7 +250,11 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         print!("{}", summary_table(&report));
         println!("report: {}", display(&report_path));
     }
-    let failed = report.builds.iter().filter(|b| b.status == Status::Failed).count();
+    let failed = report
+        .builds
+        .iter()
+        .filter(|b| b.status == Status::Failed)
+        .count();
     if failed > 0 {
         bail!(
             "{failed} of {} builds failed; their ami-list files are unchanged. See the logs named above",
@@ -249,19 +265,24 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
 }
 
 /// What every build of one run shares.
-struct Run {
-    run_id: String,
-    git_commit: String,
-    created_at: String,
-    endpoint: Option<String>,
-    skip_aws_validation: bool,
-    provision: bool,
-    log_dir: PathBuf,
-    ami_list: PathBuf,
+pub struct Run {
+    pub run_id: String,
+    pub git_commit: String,
+    pub created_at: String,
+    pub endpoint: Option<String>,
+    pub skip_aws_validation: bool,
+    pub provision: bool,
+    pub log_dir: PathBuf,
+    pub ami_list: PathBuf,
 }
 
 /// The Packer variables for one build: the template's whole interface.
-pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &str) -> serde_json::Value {
+pub fn packer_vars(
+    build: &Build,
+    run_id: &str,
+    git_commit: &str,
+    created_at: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "build_name": build.name,
         "image": build.image.name,
@@ -280,7 +301,25 @@ pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &s
     })
 }
 
-fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sender<Event>) -> BuildResult {
+/// Writes the build's Packer variables, the endpoint's included, as
+/// `<log dir>/<build>.pkrvars.json`.
+pub fn write_var_file(run: &Run, build: &Build) -> Result<PathBuf> {
+    let mut vars = packer_vars(build, &run.run_id, &run.git_commit, &run.created_at);
+    vars["endpoint_ec2"] = run.endpoint.clone().unwrap_or_default().into();
+    vars["skip_aws_validation"] = run.skip_aws_validation.into();
+    vars["communicator"] = if run.provision { "ssh" } else { "none" }.into();
+    let var_file = run.log_dir.join(format!("{}.pkrvars.json", build.name));
+    fs::write(&var_file, serde_json::to_string_pretty(&vars)?)
+        .with_context(|| format!("write {}", var_file.display()))?;
+    Ok(var_file)
+}
+
+fn run_build(
+    sh: &Shell,
+    run: &Run,
+    build: &Build,
+    events: &std::sync::mpsc::Sender<Event>,
+) -> BuildResult {
     let clock = Instant::now();
     let log = run.log_dir.join(format!("{}.log", build.name));
     let send = |event| {
@@ -294,7 +333,10 @@ fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sen
         },
     });
     let outcome = packer_build(sh, run, build, &log, |step| {
-        send(Event::Step { build: build.name.clone(), step })
+        send(Event::Step {
+            build: build.name.clone(),
+            step,
+        })
     });
     let mut result = BuildResult {
         name: build.name.clone(),
@@ -331,7 +373,11 @@ fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sen
             build: build.name.clone(),
             detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
         },
-        Some(error) => Event::Failed { build: build.name.clone(), error: error.clone(), log: result.log.clone() },
+        Some(error) => Event::Failed {
+            build: build.name.clone(),
+            error: error.clone(),
+            log: result.log.clone(),
+        },
     });
     result
 }
@@ -343,7 +389,10 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure { message: format!("{e:#}"), amis: BTreeMap::new() }
+        Failure {
+            message: format!("{e:#}"),
+            amis: BTreeMap::new(),
+        }
     }
 }
 
@@ -356,13 +405,7 @@ fn packer_build(
     log: &Path,
     mut on_step: impl FnMut(String),
 ) -> Result<BTreeMap<String, String>, Failure> {
-    let mut vars = packer_vars(build, &run.run_id, &run.git_commit, &run.created_at);
-    vars["endpoint_ec2"] = run.endpoint.clone().unwrap_or_default().into();
-    vars["skip_aws_validation"] = run.skip_aws_validation.into();
-    vars["communicator"] = if run.provision { "ssh" } else { "none" }.into();
-    let var_file = run.log_dir.join(format!("{}.pkrvars.json", build.name));
-    fs::write(&var_file, serde_json::to_string_pretty(&vars).map_err(anyhow::Error::from)?)
-        .with_context(|| format!("write {}", var_file.display()))?;
+    let var_file = write_var_file(run, build)?;
 
     let template = project::root().join("packer/spark-ami.pkr.hcl");
     let packer_run = packer::build(sh, &template, &var_file, log, |line| {
@@ -372,21 +415,32 @@ fn packer_build(
     })
     .with_context(|| format!("packer build {}", build.name))?;
 
-    let amis: BTreeMap<String, String> =
-        packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
+    let amis: BTreeMap<String, String> = packer::artifacts(&packer_run.output)
+        .into_iter()
+        .map(|a| (a.region, a.ami_id))
+        .collect();
     if !packer_run.success {
         let errors = packer::errors(&packer_run.output);
         let message = errors
             .first()
             .cloned()
-            .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
+            .or_else(|| {
+                packer_run
+                    .stderr
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| "packer build failed without a message".to_string());
         return Err(Failure { message, amis });
     }
     let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
     if !missing.is_empty() {
         return Err(Failure {
-            message: format!("Packer succeeded but reported no AMI for {}", missing.join(", ")),
+            message: format!(
+                "Packer succeeded but reported no AMI for {}",
+                missing.join(", ")
+            ),
             amis,
         });
     }
@@ -397,7 +451,11 @@ fn packer_build(
 fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
     let mut written = Vec::new();
     for region in build.regions() {
-        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+        let cell = Cell {
+            image: build.image.name.clone(),
+            region: region.to_string(),
+            slot: build.slot(),
+        };
         ami_list::write(root, &cell, &amis[region])?;
         written.push(cell.relative_path().display().to_string());
     }
@@ -412,13 +470,21 @@ fn save_report(report: &Report) -> Result<PathBuf> {
     fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
     let latest = dir.join("latest.json");
     let tmp = dir.join(format!(".latest.json.tmp-{}", std::process::id()));
-    fs::write(&tmp, &json).and_then(|()| fs::rename(&tmp, &latest)).context("write latest.json")?;
+    fs::write(&tmp, &json)
+        .and_then(|()| fs::rename(&tmp, &latest))
+        .context("write latest.json")?;
     Ok(path)
 }
 
 /// One row per AMI: build, status, time, region, ID.
 pub fn summary_table(report: &Report) -> String {
-    let mut rows = vec![["BUILD".to_string(), "STATUS".into(), "TIME".into(), "REGION".into(), "AMI".into()]];
+    let mut rows = vec![[
+        "BUILD".to_string(),
+        "STATUS".into(),
+        "TIME".into(),
+        "REGION".into(),
+        "AMI".into(),
+    ]];
     for build in &report.builds {
         let status = match build.status {
             Status::Ok => "ok",
@@ -426,13 +492,29 @@ pub fn summary_table(report: &Report) -> String {
         };
         let time = format!("{:.1}s", build.seconds);
         if build.amis.is_empty() {
-            let error = build.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
-            rows.push([build.name.clone(), status.into(), time.clone(), "-".into(), error.to_string()]);
+            let error = build
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("");
+            rows.push([
+                build.name.clone(),
+                status.into(),
+                time.clone(),
+                "-".into(),
+                error.to_string(),
+            ]);
         }
         for (i, (region, ami)) in build.amis.iter().enumerate() {
             let first = i == 0;
             rows.push([
-                if first { build.name.clone() } else { String::new() },
+                if first {
+                    build.name.clone()
+                } else {
+                    String::new()
+                },
                 if first { status.into() } else { String::new() },
                 if first { time.clone() } else { String::new() },
                 region.clone(),
@@ -440,7 +522,9 @@ pub fn summary_table(report: &Report) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in &rows {
         let line = format!(
@@ -458,7 +542,11 @@ pub fn summary_table(report: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
+    let ok: Vec<&BuildResult> = report
+        .builds
+        .iter()
+        .filter(|b| b.status == Status::Ok)
+        .collect();
     out.push_str(&format!(
         "\n{} of {} builds ok, {} AMIs recorded in {} in {:.1}s{}\n",
         ok.len(),
@@ -466,7 +554,11 @@ pub fn summary_table(report: &Report) -> String {
         ok.iter().map(|b| b.recorded.len()).sum::<usize>(),
         report.ami_list,
         report.seconds,
-        if report.provisioned { "" } else { " (API-only: not provisioned)" },
+        if report.provisioned {
+            ""
+        } else {
+            " (API-only: not provisioned)"
+        },
     ));
     out
 }
@@ -482,7 +574,11 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
             amis: b
                 .regions()
                 .map(|region| {
-                    let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
+                    let cell = Cell {
+                        image: b.image.name.clone(),
+                        region: region.to_string(),
+                        slot: b.slot(),
+                    };
                     cell.relative_path().display().to_string()
                 })
                 .collect(),
@@ -512,5 +608,8 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
 
 /// A path relative to the repository root where it lies inside it.
 pub fn display(path: &Path) -> String {
-    path.strip_prefix(project::root()).unwrap_or(path).display().to_string()
+    path.strip_prefix(project::root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }

@@ -3,6 +3,7 @@
 
 pub mod ami_list;
 pub mod aws;
+pub mod bench;
 pub mod build_amis;
 pub mod clean_old_amis;
 pub mod endpoint;

@@ -3,24 +3,31 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{build_amis, clean_old_amis, project, validate};
+use xtask::{bench, build_amis, clean_old_amis, project, validate};
 
 /// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
 ///
 /// New here? `cargo xtask build-amis --local --preset seed-2014` builds the
 /// 2014 matrix against a local EC2 emulator, with no AWS account.
 #[derive(Parser)]
-#[command(name = "cargo xtask", arg_required_else_help = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     BuildAmis(build_amis::Args),
     Validate(validate::Args),
     CleanOldAmis(clean_old_amis::Args),
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +48,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::BuildAmis(args) => build_amis::main(&sh, &args),
         Command::Validate(args) => validate::main(&sh, &args),
         Command::CleanOldAmis(args) => clean_old_amis::main(&sh, &args),
+        Command::Bench(args) => bench::main(&sh, &args),
     }
 }

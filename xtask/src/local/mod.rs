@@ -23,7 +23,7 @@ pub const DUMMY_CREDENTIALS: [(&str, &str); 3] = [
     ("AWS_SESSION_TOKEN", ""),
 ];
 
-fn requirements() -> PathBuf {
+pub fn requirements() -> PathBuf {
     project::root().join("local/requirements.txt")
 }
 
@@ -54,16 +54,22 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let reqs = requirements();
-    let output = cmd!(sh, "{python} -m venv --clear {venv}").quiet().ignore_status().output();
+    let output = cmd!(sh, "{python} -m venv --clear {venv}")
+        .quiet()
+        .ignore_status()
+        .output();
     match output {
         Ok(o) if o.status.success() => {}
         _ => bail!("could not create a Python venv at {}: install Python 3 with venv (`apt-get install python3-venv`)", venv.display()),
     }
     let pip = venv.join("bin/pip");
-    let output = cmd!(sh, "{pip} install --quiet --disable-pip-version-check -r {reqs}")
-        .quiet()
-        .ignore_status()
-        .output()?;
+    let output = cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check -r {reqs}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
     if !output.status.success() {
         bail!(
             "pip install -r local/requirements.txt failed (is PyPI reachable?): {}",
@@ -76,7 +82,8 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
 
 /// A loopback port nobody listens on now.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("find a free loopback port")?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("find a free loopback port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -114,7 +121,12 @@ impl Emulator {
             .stderr(log_file)
             .spawn()
             .context("start moto_server from the sandbox venv")?;
-        let mut emulator = Emulator { child, port, venv: venv.to_path_buf(), log };
+        let mut emulator = Emulator {
+            child,
+            port,
+            venv: venv.to_path_buf(),
+            log,
+        };
         emulator.wait_until_ready(Duration::from_secs(30))?;
         Ok(emulator)
     }
@@ -123,14 +135,21 @@ impl Emulator {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Some(status) = self.child.try_wait()? {
-                bail!("moto_server exited ({status}) before it was ready; see {}", self.log.display());
+                bail!(
+                    "moto_server exited ({status}) before it was ready; see {}",
+                    self.log.display()
+                );
             }
             if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
+        bail!(
+            "moto_server did not listen on port {} within {limit:?}; see {}",
+            self.port,
+            self.log.display()
+        )
     }
 
     pub fn endpoint(&self) -> String {
@@ -139,7 +158,10 @@ impl Emulator {
 
     /// The aws CLI from the sandbox venv, pointed at this emulator.
     pub fn aws(&self) -> Aws {
-        Aws { program: self.venv.join("bin/aws"), endpoint: Some(self.endpoint()) }
+        Aws {
+            program: self.venv.join("bin/aws"),
+            endpoint: Some(self.endpoint()),
+        }
     }
 }
 

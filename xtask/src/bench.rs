@@ -1,0 +1,357 @@
+//! `cargo xtask bench`: times the seed-2014 matrix (32 AMIs) against one local
+//! EC2 emulator, several ways side by side in each round, and writes the
+//! figures to BENCHMARKS.md. Ratios are paired within a round because these
+//! machines are noisy.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use xshell::{cmd, Shell};
+
+use crate::{
+    build_amis::{self, Run},
+    local,
+    matrix::{Filters, Matrix, Strategy},
+    packer, project,
+};
+
+/// Time the seed-2014 matrix four ways side by side; write BENCHMARKS.md
+///
+/// Builds the 32 AMIs API-only against the local EC2 emulator, each way once
+/// per round:
+///
+///   build-amis-copy    cargo xtask build-amis --strategy copy
+///   build-amis-native  cargo xtask build-amis --strategy native
+///   single-packer      one `packer build` of bench/seed-2014-single.pkr.hcl
+///                      (the 2014 seed's shape: 4 builders, ami_regions)
+///   bash-loop          bench/packer-loop.sh: 4 `packer build`s with & and wait
+///
+/// Prints median wall times, the median of the per-round ratios to
+/// single-packer, and the instance launches the emulator counted; writes
+/// them to BENCHMARKS.md. Needs no AWS account.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Paired rounds; each runs every way once, in a rotating order.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
+
+    /// Print the results, but leave BENCHMARKS.md as it is.
+    #[arg(long)]
+    pub no_write: bool,
+
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const WAYS: [&str; 4] = [
+    "build-amis-copy",
+    "build-amis-native",
+    "single-packer",
+    "bash-loop",
+];
+const BASELINE: &str = "single-packer";
+const SEED_AMIS: usize = 32;
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub rounds: usize,
+    pub machine: String,
+    pub command: String,
+    pub ways: Vec<WayResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WayResult {
+    pub way: String,
+    pub seconds: Vec<f64>,
+    pub median_seconds: f64,
+    /// Median over rounds of (this way's time / single-packer's time).
+    pub median_ratio_to_single: f64,
+    pub launches: usize,
+    pub amis: usize,
+}
+
+pub fn main(sh: &Shell, args: &Args) -> Result<()> {
+    packer::check_installed(sh)?;
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        sh.set_var(key, value);
+    }
+    let emulator = local::Emulator::start(sh)?;
+    let endpoint = emulator.endpoint();
+    let aws = emulator.aws();
+    let matrix_text =
+        fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?;
+    let matrix = Matrix::parse(&matrix_text)?;
+    let builds = matrix.expand("seed-2014", &Filters::default(), Strategy::Copy, false)?;
+    let regions: Vec<String> = builds[0].regions().map(str::to_string).collect();
+    let work = project::target_dir().join("bench");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+
+    let rounds = usize::from(args.rounds);
+    let mut seconds: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut launches: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut amis: BTreeMap<&str, usize> = BTreeMap::new();
+    // Also warms up moto's per-region backends, which the first way would pay for.
+    let mut launched_so_far = count_launches(sh, &aws, &regions)?;
+    for round in 0..rounds {
+        for offset in 0..WAYS.len() {
+            let way = WAYS[(round + offset) % WAYS.len()];
+            eprintln!("round {}/{rounds}: {way}", round + 1);
+            let dir = work.join(format!("{round}-{way}"));
+            fs::create_dir_all(&dir)?;
+            let clock = Instant::now();
+            let made = match way {
+                "build-amis-copy" => run_build_amis(sh, &endpoint, &dir, "copy")?,
+                "build-amis-native" => run_build_amis(sh, &endpoint, &dir, "native")?,
+                "single-packer" => run_single_packer(sh, &endpoint, &dir, round)?,
+                _ => run_bash_loop(sh, &endpoint, &dir, &builds, round)?,
+            };
+            seconds
+                .entry(way)
+                .or_default()
+                .push(clock.elapsed().as_secs_f64());
+            ensure!(
+                made == SEED_AMIS,
+                "{way} made {made} AMIs, not {SEED_AMIS}; see {}",
+                dir.display()
+            );
+            amis.insert(way, made);
+            // Launches are the same every round; counting costs 8 aws calls.
+            if round == 0 {
+                let total = count_launches(sh, &aws, &regions)?;
+                launches.insert(way, total - launched_so_far);
+                launched_so_far = total;
+            }
+        }
+    }
+
+    let results = Results {
+        rounds,
+        machine: machine(sh),
+        command: format!("cargo xtask bench --rounds {rounds}"),
+        ways: WAYS
+            .iter()
+            .map(|way| WayResult {
+                way: way.to_string(),
+                median_seconds: median(&seconds[way]),
+                median_ratio_to_single: median(
+                    &seconds[way]
+                        .iter()
+                        .zip(&seconds[BASELINE])
+                        .map(|(a, b)| a / b)
+                        .collect::<Vec<_>>(),
+                ),
+                seconds: seconds[way].clone(),
+                launches: launches[way],
+                amis: amis[way],
+            })
+            .collect(),
+    };
+    let markdown = render(&results);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{markdown}");
+    }
+    if !args.no_write {
+        let path = project::root().join("BENCHMARKS.md");
+        fs::write(&path, markdown).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_build_amis(sh: &Shell, endpoint: &str, dir: &Path, strategy: &str) -> Result<usize> {
+    let xtask = std::env::current_exe().context("find the xtask binary")?;
+    let ami_list = dir.join("ami-list");
+    let output = cmd!(
+        sh,
+        "{xtask} build-amis --no-provision --preset seed-2014 --strategy {strategy} --endpoint {endpoint} --ami-list {ami_list} --json"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
+    fs::write(dir.join("stderr.txt"), &output.stderr)?;
+    if !output.status.success() {
+        bail!(
+            "build-amis --strategy {strategy} failed; see {}",
+            dir.join("stderr.txt").display()
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
+    Ok(report["builds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["amis"].as_object().map_or(0, |m| m.len()))
+        .sum())
+}
+
+fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Result<usize> {
+    let template = project::root().join("bench/seed-2014-single.pkr.hcl");
+    let run_id = format!("{}-{round}", std::process::id());
+    let output = cmd!(
+        sh,
+        "packer build -machine-readable -color=false -var endpoint_ec2={endpoint} -var run_id={run_id} {template}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
+    let log = dir.join("packer.log");
+    fs::write(&log, &output.stdout)?;
+    if !output.status.success() {
+        bail!(
+            "packer build of {} failed; see {}",
+            template.display(),
+            log.display()
+        );
+    }
+    Ok(packer::artifacts(&String::from_utf8_lossy(&output.stdout)).len())
+}
+
+fn run_bash_loop(
+    sh: &Shell,
+    endpoint: &str,
+    dir: &Path,
+    builds: &[crate::matrix::Build],
+    round: usize,
+) -> Result<usize> {
+    // AMI names must be unique, so the run id differs per round.
+    let run = Run {
+        run_id: format!("bench-{}-{round}", std::process::id()),
+        git_commit: "bench".to_string(),
+        created_at: project::rfc3339(project::now_secs()),
+        endpoint: Some(endpoint.to_string()),
+        skip_aws_validation: true,
+        provision: false,
+        log_dir: dir.to_path_buf(),
+        ami_list: dir.join("ami-list"),
+    };
+    let var_files: Vec<PathBuf> = builds
+        .iter()
+        .map(|b| build_amis::write_var_file(&run, b))
+        .collect::<Result<_>>()?;
+    let script = project::root().join("bench/packer-loop.sh");
+    let template = project::root().join("packer/spark-ami.pkr.hcl");
+    let args = &var_files;
+    let output = cmd!(sh, "{script} {template} {args...}")
+        .quiet()
+        .ignore_status()
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "bench/packer-loop.sh failed ({}); see the logs in {}",
+            String::from_utf8_lossy(&output.stderr).trim(),
+            dir.display()
+        );
+    }
+    let mut made = 0;
+    for var_file in &var_files {
+        let log = var_file.with_extension("").with_extension("log");
+        made += packer::artifacts(
+            &fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?,
+        )
+        .len();
+    }
+    Ok(made)
+}
+
+/// Every instance the emulator ever launched in these regions; moto keeps
+/// terminated ones listed.
+fn count_launches(sh: &Shell, aws: &crate::aws::Aws, regions: &[String]) -> Result<usize> {
+    let mut total = 0;
+    for region in regions {
+        total += aws.instance_states(sh, region)?.values().sum::<usize>();
+    }
+    Ok(total)
+}
+
+fn machine(sh: &Shell) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = cmd!(sh, "uname -sr").quiet().read().unwrap_or_default();
+    let packer = cmd!(sh, "packer version")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    let moto = fs::read_to_string(local::requirements())
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("moto"))
+        .unwrap_or("moto")
+        .to_string();
+    format!(
+        "{cores} cores, {kernel}, {}, {moto}",
+        packer.lines().next().unwrap_or("packer")
+    )
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// BENCHMARKS.md: the figures, and how to get them again.
+pub fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "The seed-2014 matrix (32 AMIs: base + Spark x HVM + PV x 8 regions), API-only \
+         (`communicator = \"none\"`), against one local moto server. Every round runs each \
+         way once, in a rotating order; ratios are taken within a round, then the median.\n"
+    );
+    let _ = writeln!(out, "Reproduce: `{}`", results.command);
+    let _ = writeln!(out, "Machine: {}\n", results.machine);
+    let _ = writeln!(out, "| way | median wall (s) | median ratio to single-packer | launches | AMIs | every round (s) |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|");
+    for way in &results.ways {
+        let rounds: Vec<String> = way.seconds.iter().map(|s| format!("{s:.2}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2}x | {} | {} | {} |",
+            way.way,
+            way.median_seconds,
+            way.median_ratio_to_single,
+            way.launches,
+            way.amis,
+            rounds.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe ways: `build-amis-copy` and `build-amis-native` run `cargo xtask build-amis \
+         --no-provision --preset seed-2014 --endpoint ...` with each strategy; `single-packer` \
+         is one `packer build` of bench/seed-2014-single.pkr.hcl (the seed's 4 builders with \
+         ami_regions); `bash-loop` is bench/packer-loop.sh (4 `packer build`s of \
+         packer/spark-ami.pkr.hcl with & and wait)."
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
