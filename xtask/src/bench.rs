@@ -52,12 +52,7 @@ pub struct Args {
     pub json: bool,
 }
 
-const WAYS: [&str; 4] = [
-    "build-amis-copy",
-    "build-amis-native",
-    "single-packer",
-    "bash-loop",
-];
+const WAYS: [&str; 4] = ["build-amis-copy", "build-amis-native", "single-packer", "bash-loop"];
 const BASELINE: &str = "single-packer";
 const SEED_AMIS: usize = 32;
 
@@ -88,8 +83,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let emulator = local::Emulator::start(sh)?;
     let endpoint = emulator.endpoint();
     let aws = emulator.aws();
-    let matrix_text =
-        fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?;
+    let matrix_text = fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?;
     let matrix = Matrix::parse(&matrix_text)?;
     let builds = matrix.expand("seed-2014", &Filters::default(), Strategy::Copy, false)?;
     let regions: Vec<String> = builds[0].regions().map(str::to_string).collect();
@@ -116,15 +110,8 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
                 "single-packer" => run_single_packer(sh, &endpoint, &dir, round)?,
                 _ => run_bash_loop(sh, &endpoint, &dir, &builds, round)?,
             };
-            seconds
-                .entry(way)
-                .or_default()
-                .push(clock.elapsed().as_secs_f64());
-            ensure!(
-                made == SEED_AMIS,
-                "{way} made {made} AMIs, not {SEED_AMIS}; see {}",
-                dir.display()
-            );
+            seconds.entry(way).or_default().push(clock.elapsed().as_secs_f64());
+            ensure!(made == SEED_AMIS, "{way} made {made} AMIs, not {SEED_AMIS}; see {}", dir.display());
             amis.insert(way, made);
             // Launches are the same every round; counting costs 8 aws calls.
             if round == 0 {
@@ -145,11 +132,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
                 way: way.to_string(),
                 median_seconds: median(&seconds[way]),
                 median_ratio_to_single: median(
-                    &seconds[way]
-                        .iter()
-                        .zip(&seconds[BASELINE])
-                        .map(|(a, b)| a / b)
-                        .collect::<Vec<_>>(),
+                    &seconds[way].iter().zip(&seconds[BASELINE]).map(|(a, b)| a / b).collect::<Vec<_>>(),
                 ),
                 seconds: seconds[way].clone(),
                 launches: launches[way],
@@ -183,19 +166,10 @@ fn run_build_amis(sh: &Shell, endpoint: &str, dir: &Path, strategy: &str) -> Res
     .output()?;
     fs::write(dir.join("stderr.txt"), &output.stderr)?;
     if !output.status.success() {
-        bail!(
-            "build-amis --strategy {strategy} failed; see {}",
-            dir.join("stderr.txt").display()
-        );
+        bail!("build-amis --strategy {strategy} failed; see {}", dir.join("stderr.txt").display());
     }
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
-    Ok(report["builds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|b| b["amis"].as_object().map_or(0, |m| m.len()))
-        .sum())
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
+    Ok(report["builds"].as_array().into_iter().flatten().map(|b| b["amis"].as_object().map_or(0, |m| m.len())).sum())
 }
 
 fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Result<usize> {
@@ -211,11 +185,7 @@ fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Re
     let log = dir.join("packer.log");
     fs::write(&log, &output.stdout)?;
     if !output.status.success() {
-        bail!(
-            "packer build of {} failed; see {}",
-            template.display(),
-            log.display()
-        );
+        bail!("packer build of {} failed; see {}", template.display(), log.display());
     }
     Ok(packer::artifacts(&String::from_utf8_lossy(&output.stdout)).len())
 }
@@ -238,17 +208,11 @@ fn run_bash_loop(
         log_dir: dir.to_path_buf(),
         ami_list: dir.join("ami-list"),
     };
-    let var_files: Vec<PathBuf> = builds
-        .iter()
-        .map(|b| build_amis::write_var_file(&run, b))
-        .collect::<Result<_>>()?;
+    let var_files: Vec<PathBuf> = builds.iter().map(|b| build_amis::write_var_file(&run, b)).collect::<Result<_>>()?;
     let script = project::root().join("bench/packer-loop.sh");
     let template = project::root().join("packer/spark-ami.pkr.hcl");
     let args = &var_files;
-    let output = cmd!(sh, "{script} {template} {args...}")
-        .quiet()
-        .ignore_status()
-        .output()?;
+    let output = cmd!(sh, "{script} {template} {args...}").quiet().ignore_status().output()?;
     if !output.status.success() {
         bail!(
             "bench/packer-loop.sh failed ({}); see the logs in {}",
@@ -259,10 +223,7 @@ fn run_bash_loop(
     let mut made = 0;
     for var_file in &var_files {
         let log = var_file.with_extension("").with_extension("log");
-        made += packer::artifacts(
-            &fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?,
-        )
-        .len();
+        made += packer::artifacts(&fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?).len();
     }
     Ok(made)
 }
@@ -280,20 +241,14 @@ fn count_launches(sh: &Shell, aws: &crate::aws::Aws, regions: &[String]) -> Resu
 fn machine(sh: &Shell) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = cmd!(sh, "uname -sr").quiet().read().unwrap_or_default();
-    let packer = cmd!(sh, "packer version")
-        .quiet()
-        .read()
-        .unwrap_or_default();
+    let packer = cmd!(sh, "packer version").quiet().read().unwrap_or_default();
     let moto = fs::read_to_string(local::requirements())
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("moto"))
         .unwrap_or("moto")
         .to_string();
-    format!(
-        "{cores} cores, {kernel}, {}, {moto}",
-        packer.lines().next().unwrap_or("packer")
-    )
+    format!("{cores} cores, {kernel}, {}, {moto}", packer.lines().next().unwrap_or("packer"))
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -318,7 +273,8 @@ pub fn render(results: &Results) -> String {
     );
     let _ = writeln!(out, "Reproduce: `{}`", results.command);
     let _ = writeln!(out, "Machine: {}\n", results.machine);
-    let _ = writeln!(out, "| way | median wall (s) | median ratio to single-packer | launches | AMIs | every round (s) |");
+    let _ =
+        writeln!(out, "| way | median wall (s) | median ratio to single-packer | launches | AMIs | every round (s) |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---|");
     for way in &results.ways {
         let rounds: Vec<String> = way.seconds.iter().map(|s| format!("{s:.2}")).collect();

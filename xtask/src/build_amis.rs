@@ -153,12 +153,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix = fs::read_to_string(&matrix_file)
         .with_context(|| format!("read {}", matrix_file.display()))
         .and_then(|text| Matrix::parse(&text))
-        .with_context(|| {
-            format!(
-                "{}: fix the file, then run `cargo xtask validate`",
-                matrix_file.display()
-            )
-        })?;
+        .with_context(|| format!("{}: fix the file, then run `cargo xtask validate`", matrix_file.display()))?;
     let filters = Filters {
         images: args.image.clone(),
         virts: args.virt.clone(),
@@ -198,8 +193,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         log_dir: project::target_dir().join("packer-logs").join(&run_id),
         ami_list: ami_list_root.clone(),
     };
-    fs::create_dir_all(&run.log_dir)
-        .with_context(|| format!("create {}", run.log_dir.display()))?;
+    fs::create_dir_all(&run.log_dir).with_context(|| format!("create {}", run.log_dir.display()))?;
 
     eprintln!(
         "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}; logs in {}",
@@ -207,11 +201,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         builds.iter().map(|b| b.regions().count()).sum::<usize>(),
         format!("{:?}", args.strategy).to_lowercase(),
         args.jobs,
-        connection
-            .endpoint
-            .as_deref()
-            .map(|e| format!(", EC2 at {e}"))
-            .unwrap_or_default(),
+        connection.endpoint.as_deref().map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
         display(&run.log_dir),
     );
     let clock = Instant::now();
@@ -222,12 +212,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         .context("start the build thread pool")?;
     let worker_state = (sh.clone(), printer.sender());
     let results: Vec<BuildResult> = pool.install(|| {
-        builds
-            .par_iter()
-            .map_with(worker_state, |(sh, events), build| {
-                run_build(sh, &run, build, events)
-            })
-            .collect()
+        builds.par_iter().map_with(worker_state, |(sh, events), build| run_build(sh, &run, build, events)).collect()
     });
     printer.finish();
 
@@ -250,11 +235,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         print!("{}", summary_table(&report));
         println!("report: {}", display(&report_path));
     }
-    let failed = report
-        .builds
-        .iter()
-        .filter(|b| b.status == Status::Failed)
-        .count();
+    let failed = report.builds.iter().filter(|b| b.status == Status::Failed).count();
     if failed > 0 {
         bail!(
             "{failed} of {} builds failed; their ami-list files are unchanged. See the logs named above",
@@ -277,12 +258,7 @@ pub struct Run {
 }
 
 /// The Packer variables for one build: the template's whole interface.
-pub fn packer_vars(
-    build: &Build,
-    run_id: &str,
-    git_commit: &str,
-    created_at: &str,
-) -> serde_json::Value {
+pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &str) -> serde_json::Value {
     serde_json::json!({
         "build_name": build.name,
         "image": build.image.name,
@@ -314,12 +290,7 @@ pub fn write_var_file(run: &Run, build: &Build) -> Result<PathBuf> {
     Ok(var_file)
 }
 
-fn run_build(
-    sh: &Shell,
-    run: &Run,
-    build: &Build,
-    events: &std::sync::mpsc::Sender<Event>,
-) -> BuildResult {
+fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sender<Event>) -> BuildResult {
     let clock = Instant::now();
     let log = run.log_dir.join(format!("{}.log", build.name));
     let send = |event| {
@@ -332,12 +303,7 @@ fn run_build(
             n => format!("in {}, copying to {n} regions", build.region),
         },
     });
-    let outcome = packer_build(sh, run, build, &log, |step| {
-        send(Event::Step {
-            build: build.name.clone(),
-            step,
-        })
-    });
+    let outcome = packer_build(sh, run, build, &log, |step| send(Event::Step { build: build.name.clone(), step }));
     let mut result = BuildResult {
         name: build.name.clone(),
         image: build.image.name.clone(),
@@ -373,11 +339,7 @@ fn run_build(
             build: build.name.clone(),
             detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
         },
-        Some(error) => Event::Failed {
-            build: build.name.clone(),
-            error: error.clone(),
-            log: result.log.clone(),
-        },
+        Some(error) => Event::Failed { build: build.name.clone(), error: error.clone(), log: result.log.clone() },
     });
     result
 }
@@ -389,10 +351,7 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure {
-            message: format!("{e:#}"),
-            amis: BTreeMap::new(),
-        }
+        Failure { message: format!("{e:#}"), amis: BTreeMap::new() }
     }
 }
 
@@ -415,32 +374,21 @@ fn packer_build(
     })
     .with_context(|| format!("packer build {}", build.name))?;
 
-    let amis: BTreeMap<String, String> = packer::artifacts(&packer_run.output)
-        .into_iter()
-        .map(|a| (a.region, a.ami_id))
-        .collect();
+    let amis: BTreeMap<String, String> =
+        packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
     if !packer_run.success {
         let errors = packer::errors(&packer_run.output);
         let message = errors
             .first()
             .cloned()
-            .or_else(|| {
-                packer_run
-                    .stderr
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-            })
+            .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
             .unwrap_or_else(|| "packer build failed without a message".to_string());
         return Err(Failure { message, amis });
     }
     let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
     if !missing.is_empty() {
         return Err(Failure {
-            message: format!(
-                "Packer succeeded but reported no AMI for {}",
-                missing.join(", ")
-            ),
+            message: format!("Packer succeeded but reported no AMI for {}", missing.join(", ")),
             amis,
         });
     }
@@ -451,11 +399,7 @@ fn packer_build(
 fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
     let mut written = Vec::new();
     for region in build.regions() {
-        let cell = Cell {
-            image: build.image.name.clone(),
-            region: region.to_string(),
-            slot: build.slot(),
-        };
+        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
         ami_list::write(root, &cell, &amis[region])?;
         written.push(cell.relative_path().display().to_string());
     }
@@ -470,21 +414,13 @@ fn save_report(report: &Report) -> Result<PathBuf> {
     fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
     let latest = dir.join("latest.json");
     let tmp = dir.join(format!(".latest.json.tmp-{}", std::process::id()));
-    fs::write(&tmp, &json)
-        .and_then(|()| fs::rename(&tmp, &latest))
-        .context("write latest.json")?;
+    fs::write(&tmp, &json).and_then(|()| fs::rename(&tmp, &latest)).context("write latest.json")?;
     Ok(path)
 }
 
 /// One row per AMI: build, status, time, region, ID.
 pub fn summary_table(report: &Report) -> String {
-    let mut rows = vec![[
-        "BUILD".to_string(),
-        "STATUS".into(),
-        "TIME".into(),
-        "REGION".into(),
-        "AMI".into(),
-    ]];
+    let mut rows = vec![["BUILD".to_string(), "STATUS".into(), "TIME".into(), "REGION".into(), "AMI".into()]];
     for build in &report.builds {
         let status = match build.status {
             Status::Ok => "ok",
@@ -492,29 +428,13 @@ pub fn summary_table(report: &Report) -> String {
         };
         let time = format!("{:.1}s", build.seconds);
         if build.amis.is_empty() {
-            let error = build
-                .error
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("");
-            rows.push([
-                build.name.clone(),
-                status.into(),
-                time.clone(),
-                "-".into(),
-                error.to_string(),
-            ]);
+            let error = build.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            rows.push([build.name.clone(), status.into(), time.clone(), "-".into(), error.to_string()]);
         }
         for (i, (region, ami)) in build.amis.iter().enumerate() {
             let first = i == 0;
             rows.push([
-                if first {
-                    build.name.clone()
-                } else {
-                    String::new()
-                },
+                if first { build.name.clone() } else { String::new() },
                 if first { status.into() } else { String::new() },
                 if first { time.clone() } else { String::new() },
                 region.clone(),
@@ -522,9 +442,7 @@ pub fn summary_table(report: &Report) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &rows {
         let line = format!(
@@ -542,11 +460,7 @@ pub fn summary_table(report: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let ok: Vec<&BuildResult> = report
-        .builds
-        .iter()
-        .filter(|b| b.status == Status::Ok)
-        .collect();
+    let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
     out.push_str(&format!(
         "\n{} of {} builds ok, {} AMIs recorded in {} in {:.1}s{}\n",
         ok.len(),
@@ -554,11 +468,7 @@ pub fn summary_table(report: &Report) -> String {
         ok.iter().map(|b| b.recorded.len()).sum::<usize>(),
         report.ami_list,
         report.seconds,
-        if report.provisioned {
-            ""
-        } else {
-            " (API-only: not provisioned)"
-        },
+        if report.provisioned { "" } else { " (API-only: not provisioned)" },
     ));
     out
 }
@@ -574,11 +484,7 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
             amis: b
                 .regions()
                 .map(|region| {
-                    let cell = Cell {
-                        image: b.image.name.clone(),
-                        region: region.to_string(),
-                        slot: b.slot(),
-                    };
+                    let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
                     cell.relative_path().display().to_string()
                 })
                 .collect(),
@@ -589,10 +495,7 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
         return Ok(());
     }
     for build in &planned {
-        println!(
-            "{}: launch {} in {} from {}",
-            build.name, build.instance_type, build.launch_region, build.source_ami
-        );
+        println!("{}: launch {} in {} from {}", build.name, build.instance_type, build.launch_region, build.source_ami);
         for ami in &build.amis {
             println!("    {}", ami);
         }
@@ -608,8 +511,5 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
 
 /// A path relative to the repository root where it lies inside it.
 pub fn display(path: &Path) -> String {
-    path.strip_prefix(project::root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(project::root()).unwrap_or(path).display().to_string()
 }

@@ -10,11 +10,7 @@ use xtask::{bench, build_amis, clean_old_amis, project, validate};
 /// New here? `cargo xtask build-amis --local --preset seed-2014` builds the
 /// 2014 matrix against a local EC2 emulator, with no AWS account.
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    arg_required_else_help = true
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -144,22 +144,11 @@ impl Matrix {
     }
 
     fn arch_settings(&self, virt: &str, arch: &str) -> Option<&ArchSettings> {
-        self.virtualization
-            .iter()
-            .find(|v| v.name == virt)?
-            .archs
-            .iter()
-            .find(|a| a.arch == arch)
+        self.virtualization.iter().find(|v| v.name == virt)?.archs.iter().find(|a| a.arch == arch)
     }
 
     /// Expands a preset, narrowed by `filters`, into Packer builds.
-    pub fn expand(
-        &self,
-        preset_name: &str,
-        filters: &Filters,
-        strategy: Strategy,
-        public: bool,
-    ) -> Result<Vec<Build>> {
+    pub fn expand(&self, preset_name: &str, filters: &Filters, strategy: Strategy, public: bool) -> Result<Vec<Build>> {
         let preset = self.preset(preset_name)?;
         let pick = |axis: &str, all: &[String], wanted: &[String]| -> Result<Vec<String>> {
             for w in wanted {
@@ -171,11 +160,7 @@ impl Matrix {
                     );
                 }
             }
-            Ok(all
-                .iter()
-                .filter(|x| wanted.is_empty() || wanted.contains(x))
-                .cloned()
-                .collect())
+            Ok(all.iter().filter(|x| wanted.is_empty() || wanted.contains(x)).cloned().collect())
         };
         let images = pick("image", &preset.images, &filters.images)?;
         let virts = pick("virtualization", &preset.virtualization, &filters.virts)?;
@@ -215,8 +200,7 @@ impl Matrix {
                     let base_name = format!("{image_name}-{virt}-{arch}");
                     match strategy {
                         Strategy::Copy => {
-                            let copies =
-                                regions.iter().filter(|r| **r != build_region).cloned().collect();
+                            let copies = regions.iter().filter(|r| **r != build_region).cloned().collect();
                             builds.push(cell(&build_region, copies, base_name));
                         }
                         Strategy::Native => {
@@ -252,15 +236,11 @@ mod tests {
 
     #[test]
     fn seed_preset_copy_is_4_builds_making_32_amis() {
-        let builds =
-            checked_in().expand("seed-2014", &Filters::default(), Strategy::Copy, false).unwrap();
+        let builds = checked_in().expand("seed-2014", &Filters::default(), Strategy::Copy, false).unwrap();
         assert_eq!(builds.len(), 4);
         assert_eq!(ami_count(&builds), 32);
         let names: Vec<&str> = builds.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["base-hvm-x86_64", "base-pv-x86_64", "spark-3.5.3-hvm-x86_64", "spark-3.5.3-pv-x86_64"]
-        );
+        assert_eq!(names, ["base-hvm-x86_64", "base-pv-x86_64", "spark-3.5.3-hvm-x86_64", "spark-3.5.3-pv-x86_64"]);
         for build in &builds {
             assert_eq!(build.region, "us-east-1");
             assert_eq!(build.copy_regions.len(), 7);
@@ -270,8 +250,7 @@ mod tests {
 
     #[test]
     fn seed_preset_native_is_32_builds_making_32_amis() {
-        let builds =
-            checked_in().expand("seed-2014", &Filters::default(), Strategy::Native, false).unwrap();
+        let builds = checked_in().expand("seed-2014", &Filters::default(), Strategy::Native, false).unwrap();
         assert_eq!(builds.len(), 32);
         assert_eq!(ami_count(&builds), 32);
         assert!(builds.iter().all(|b| b.copy_regions.is_empty()));
@@ -284,8 +263,7 @@ mod tests {
 
     #[test]
     fn default_preset_is_hvm_on_both_architectures() {
-        let builds =
-            checked_in().expand("default", &Filters::default(), Strategy::Copy, false).unwrap();
+        let builds = checked_in().expand("default", &Filters::default(), Strategy::Copy, false).unwrap();
         let slots: Vec<String> = builds.iter().map(|b| format!("{} {}", b.name, b.slot())).collect();
         assert_eq!(
             slots,
@@ -316,8 +294,7 @@ mod tests {
 
     #[test]
     fn region_filter_without_build_region_launches_in_first_wanted_region() {
-        let filters =
-            Filters { regions: vec!["eu-west-1".into(), "sa-east-1".into()], ..Filters::default() };
+        let filters = Filters { regions: vec!["eu-west-1".into(), "sa-east-1".into()], ..Filters::default() };
         let builds = checked_in().expand("seed-2014", &filters, Strategy::Copy, false).unwrap();
         assert!(builds.iter().all(|b| b.region == "eu-west-1" && b.copy_regions == ["sa-east-1"]));
         assert_eq!(ami_count(&builds), 8);
@@ -338,8 +315,7 @@ mod tests {
 
     #[test]
     fn public_flag_reaches_every_build() {
-        let builds =
-            checked_in().expand("seed-2014", &Filters::default(), Strategy::Copy, true).unwrap();
+        let builds = checked_in().expand("seed-2014", &Filters::default(), Strategy::Copy, true).unwrap();
         assert!(builds.iter().all(|b| b.public));
     }
 }

@@ -55,7 +55,9 @@ pub fn artifacts(output: &str) -> Vec<Artifact> {
         if line.kind != "artifact" || line.data.get(1).map(String::as_str) != Some("id") {
             continue;
         }
-        let Some(ids) = line.data.get(2) else { continue };
+        let Some(ids) = line.data.get(2) else {
+            continue;
+        };
         for pair in ids.split(',') {
             if let Some((region, ami_id)) = pair.split_once(':') {
                 found.push(Artifact {
@@ -93,10 +95,12 @@ pub fn step(line: &str) -> Option<String> {
 
 /// Parses `Packer v1.6.6` (and `1.11.2`, as newer versions print it).
 pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
-    let word = output.split_whitespace().find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
-    let mut parts = word.trim_start_matches('v').split('.').map(|p| {
-        p.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok()
-    });
+    let word =
+        output.split_whitespace().find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = word
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u32>().ok());
     Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
@@ -106,8 +110,8 @@ pub fn check_installed(sh: &Shell) -> Result<(u32, u32, u32)> {
         anyhow::anyhow!("`packer` not found: install it with `apt-get install packer` (1.6.6 or newer)")
     })?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let version = parse_version(&text)
-        .with_context(|| format!("could not read the version from `packer version`: {text:?}"))?;
+    let version =
+        parse_version(&text).with_context(|| format!("could not read the version from `packer version`: {text:?}"))?;
     if version < MIN_VERSION {
         bail!(
             "Packer {}.{}.{} is too old: install 1.6.6 or newer (`apt-get install packer`)",
@@ -141,21 +145,11 @@ pub struct Run {
 
 /// Runs one `packer build`, teeing stdout and stderr into `log`, and calling
 /// `on_line` with each stdout line as it arrives (for live progress).
-pub fn build(
-    sh: &Shell,
-    template: &Path,
-    var_file: &Path,
-    log: &Path,
-    mut on_line: impl FnMut(&str),
-) -> Result<Run> {
+pub fn build(sh: &Shell, template: &Path, var_file: &Path, log: &Path, mut on_line: impl FnMut(&str)) -> Result<Run> {
     let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
     let log_file = Arc::new(Mutex::new(log_file));
-    let mut command: std::process::Command = cmd!(
-        sh,
-        "packer build -machine-readable -color=false -var-file={var_file} {template}"
-    )
-    .quiet()
-    .into();
+    let mut command: std::process::Command =
+        cmd!(sh, "packer build -machine-readable -color=false -var-file={var_file} {template}").quiet().into();
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -237,8 +231,16 @@ mod tests {
         assert_eq!(
             found,
             [
-                Artifact { build: "amazon-ebs.ami".into(), region: "eu-west-1".into(), ami_id: "ami-3f6c16c5b02462ad8".into() },
-                Artifact { build: "amazon-ebs.ami".into(), region: "us-east-1".into(), ami_id: "ami-e50466ec168af69fd".into() },
+                Artifact {
+                    build: "amazon-ebs.ami".into(),
+                    region: "eu-west-1".into(),
+                    ami_id: "ami-3f6c16c5b02462ad8".into()
+                },
+                Artifact {
+                    build: "amazon-ebs.ami".into(),
+                    region: "us-east-1".into(),
+                    ami_id: "ami-e50466ec168af69fd".into()
+                },
             ]
         );
     }

@@ -31,7 +31,9 @@ pub fn matrix_file() -> PathBuf {
 pub fn git_commit(sh: &Shell) -> String {
     let root = root();
     let head = cmd!(sh, "git -C {root} rev-parse --short=12 HEAD").quiet().ignore_stderr().read();
-    let Ok(head) = head else { return "unknown".to_string() };
+    let Ok(head) = head else {
+        return "unknown".to_string();
+    };
     let dirty = cmd!(sh, "git -C {root} status --porcelain --untracked-files=no")
         .quiet()
         .ignore_stderr()

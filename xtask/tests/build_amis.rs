@@ -10,8 +10,8 @@ use std::{
     process::{Command, Output},
 };
 
-use xtask::{aws::Image, local, project};
 use xshell::Shell;
+use xtask::{aws::Image, local, project};
 
 const SEED_REGIONS: [&str; 8] = [
     "ap-northeast-1",
@@ -109,9 +109,7 @@ fn assert_recorded_amis_exist(emulator: &local::Emulator, tree: &BTreeMap<String
     for (cell, content) in tree {
         let [image, region, slot] = cell.split('/').collect::<Vec<_>>()[..] else { panic!("bad cell {cell}") };
         let id = content.strip_suffix('\n').unwrap_or_else(|| panic!("{cell}: no trailing newline: {content:?}"));
-        let found = images[region]
-            .get(id)
-            .unwrap_or_else(|| panic!("{cell}: {id} is not a factory image in {region}"));
+        let found = images[region].get(id).unwrap_or_else(|| panic!("{cell}: {id} is not a factory image in {region}"));
         let virtualization = if slot == "pv" { "paravirtual" } else { "hvm" };
         assert_eq!(found.virtualization_type, virtualization, "{cell}: {id}");
         let tags = found.tags();
@@ -238,7 +236,6 @@ fn a_failing_build_leaves_the_others_written_and_its_own_ids_untouched() {
             assert_ne!(&earlier_tree[cell], id, "{cell}: a successful build did not record its ID");
         }
     }
-    let hvm_only: BTreeMap<String, String> =
-        tree.into_iter().filter(|(cell, _)| cell.ends_with("/hvm")).collect();
+    let hvm_only: BTreeMap<String, String> = tree.into_iter().filter(|(cell, _)| cell.ends_with("/hvm")).collect();
     assert_recorded_amis_exist(&emulator, &hvm_only, report["run_id"].as_str().unwrap());
 }

@@ -54,22 +54,17 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let reqs = requirements();
-    let output = cmd!(sh, "{python} -m venv --clear {venv}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let output = cmd!(sh, "{python} -m venv --clear {venv}").quiet().ignore_status().output();
     match output {
         Ok(o) if o.status.success() => {}
-        _ => bail!("could not create a Python venv at {}: install Python 3 with venv (`apt-get install python3-venv`)", venv.display()),
+        _ => bail!(
+            "could not create a Python venv at {}: install Python 3 with venv (`apt-get install python3-venv`)",
+            venv.display()
+        ),
     }
     let pip = venv.join("bin/pip");
-    let output = cmd!(
-        sh,
-        "{pip} install --quiet --disable-pip-version-check -r {reqs}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()?;
+    let output =
+        cmd!(sh, "{pip} install --quiet --disable-pip-version-check -r {reqs}").quiet().ignore_status().output()?;
     if !output.status.success() {
         bail!(
             "pip install -r local/requirements.txt failed (is PyPI reachable?): {}",
@@ -82,8 +77,7 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
 
 /// A loopback port nobody listens on now.
 pub fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("find a free loopback port")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("find a free loopback port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -121,12 +115,7 @@ impl Emulator {
             .stderr(log_file)
             .spawn()
             .context("start moto_server from the sandbox venv")?;
-        let mut emulator = Emulator {
-            child,
-            port,
-            venv: venv.to_path_buf(),
-            log,
-        };
+        let mut emulator = Emulator { child, port, venv: venv.to_path_buf(), log };
         emulator.wait_until_ready(Duration::from_secs(30))?;
         Ok(emulator)
     }
@@ -135,21 +124,14 @@ impl Emulator {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "moto_server exited ({status}) before it was ready; see {}",
-                    self.log.display()
-                );
+                bail!("moto_server exited ({status}) before it was ready; see {}", self.log.display());
             }
             if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "moto_server did not listen on port {} within {limit:?}; see {}",
-            self.port,
-            self.log.display()
-        )
+        bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
     }
 
     pub fn endpoint(&self) -> String {
@@ -158,10 +140,7 @@ impl Emulator {
 
     /// The aws CLI from the sandbox venv, pointed at this emulator.
     pub fn aws(&self) -> Aws {
-        Aws {
-            program: self.venv.join("bin/aws"),
-            endpoint: Some(self.endpoint()),
-        }
+        Aws { program: self.venv.join("bin/aws"), endpoint: Some(self.endpoint()) }
     }
 }
 
