@@ -5,6 +5,7 @@ pub mod ami_list;
 pub mod aws;
 pub mod bench;
 pub mod build_amis;
+pub mod checks;
 pub mod clean_old_amis;
 pub mod endpoint;
 pub mod local;

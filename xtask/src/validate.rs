@@ -1,12 +1,531 @@
-//! `cargo xtask validate`: not yet implemented (issue 4).
+//! `cargo xtask validate`: the factory checked in seconds (templates,
+//! provisioners, matrix, ami-list), and with `--online` ami-list checked
+//! against EC2. Every problem is printed as `path:line: message`.
 
-use anyhow::{bail, Result};
-use xshell::Shell;
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
-/// Check templates, provisioners and ami-list (not yet implemented).
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use xshell::{cmd, Shell};
+
+use crate::{
+    aws::{Aws, Image},
+    build_amis::{self, display},
+    checks::{self, Entry, Known, Problem, Recorded},
+    endpoint::EndpointArgs,
+    matrix::{Filters, Strategy},
+    packer, project,
+};
+
+/// Check templates, provisioners, matrix and ami-list; --online checks EC2 too
+///
+/// Offline (the default, a few seconds, no AWS calls):
+///   - `packer validate` of packer/spark-ami.pkr.hcl for every build of the preset
+///   - shellcheck on every provisioner in scripts/
+///   - packer/matrix.json against its rules (regions, checksums, PV is x86_64 only, ...)
+///   - the ami-list tree: <image>/<region>/<virt> files, each one AMI ID and a
+///     newline, no strays, no ID twice; cells not built yet are listed
+///
+/// --online also asks EC2 (through the aws CLI, one call per region, in
+/// parallel) whether each recorded AMI exists there, is available, has the
+/// virtualization and architecture its file says and the factory's tags, and
+/// is public where the preset says so.
+///
+/// Every problem is printed as `path:line: message`; the exit status is
+/// non-zero if there is any.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Also check every recorded AMI in EC2 (or the emulator named below).
+    #[arg(long)]
+    pub online: bool,
 
-pub fn main(_sh: &Shell, _args: &Args) -> Result<()> {
-    bail!("`validate` is not yet implemented; until it is, run `packer validate` and `shellcheck` by hand")
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+
+    /// The ami-list tree to check. Default: the checked-in ami-list/ (with
+    /// --local: target/local/ami-list).
+    #[arg(long, value_name = "DIR")]
+    pub ami_list: Option<PathBuf>,
+
+    /// The preset whose cells should be built, for "not built yet" and the
+    /// public check.
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+
+    /// Fail if a cell of the preset has no ami-list file yet.
+    #[arg(long)]
+    pub complete: bool,
+
+    /// Check this matrix file instead of packer/matrix.json.
+    #[arg(long, value_name = "FILE")]
+    pub matrix: Option<PathBuf>,
+
+    /// Print the findings as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    /// Cells of the preset with no ami-list file ("not built yet").
+    pub not_built: Vec<String>,
+    pub checked: BTreeMap<&'static str, usize>,
+    pub seconds: f64,
+}
+
+pub fn main(sh: &Shell, args: &Args) -> Result<()> {
+    let clock = Instant::now();
+    let mut report = Report::default();
+
+    let matrix_file = args.matrix.clone().unwrap_or_else(project::matrix_file);
+    let matrix_text = fs::read_to_string(&matrix_file).with_context(|| format!("read {}", matrix_file.display()))?;
+    let (problems, matrix) = checks::check_matrix(&display(&matrix_file), &matrix_text);
+    report.problems.extend(problems);
+    report.checked.insert("matrix files", 1);
+
+    let builds = match &matrix {
+        Some(matrix) => match matrix.expand(&args.preset, &Filters::default(), Strategy::Copy, false) {
+            Ok(builds) => builds,
+            Err(e) => {
+                report.problems.push(Problem { path: display(&matrix_file), line: 1, message: format!("{e:#}") });
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+
+    packer::check_installed(sh)?;
+    report.problems.extend(validate_templates(sh, &builds)?);
+    report.checked.insert("packer builds", builds.len());
+
+    let scripts = provisioners()?;
+    report.problems.extend(shellcheck(sh, &scripts)?);
+    report.checked.insert("provisioners", scripts.len());
+
+    let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    let recorded = match &matrix {
+        Some(matrix) => {
+            let entries = scan_tree(&ami_list_root)?;
+            let (problems, recorded) =
+                checks::check_tree(&display(&ami_list_root), &entries, &Known::from_matrix(matrix));
+            report.problems.extend(problems);
+            report.not_built = checks::missing_cells(&builds, &recorded);
+            if args.complete {
+                report.problems.extend(report.not_built.iter().map(|cell| Problem {
+                    path: format!("{}/{cell}", display(&ami_list_root)),
+                    line: 1,
+                    message: format!("not built yet (preset `{}`, --complete)", args.preset),
+                }));
+            }
+            recorded
+        }
+        None => Vec::new(),
+    };
+    report.checked.insert("ami-list files", recorded.len());
+
+    if args.online {
+        let connection = args.endpoint.connect(sh)?;
+        let public = matrix.as_ref().and_then(|m| m.preset(&args.preset).ok()).is_some_and(|p| p.public);
+        report.problems.extend(check_online(sh, &connection.aws, &recorded, public));
+        report.checked.insert("AMIs checked online", recorded.len());
+    }
+
+    report.problems.sort();
+    report.seconds = clock.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, &args.preset);
+    }
+    if !report.problems.is_empty() {
+        bail!("{} problem{} found", report.problems.len(), if report.problems.len() == 1 { "" } else { "s" });
+    }
+    Ok(())
+}
+
+fn print_report(report: &Report, preset: &str) {
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    if !report.not_built.is_empty() {
+        println!(
+            "note: {} cell{} of preset `{preset}` not built yet (an error only with --complete): {}",
+            report.not_built.len(),
+            if report.not_built.len() == 1 { "" } else { "s" },
+            report.not_built.join(", ")
+        );
+    }
+    let checked: Vec<String> = report.checked.iter().map(|(what, n)| format!("{n} {what}")).collect();
+    println!(
+        "checked {} in {:.1}s: {}",
+        checked.join(", "),
+        report.seconds,
+        if report.problems.is_empty() { "ok".to_string() } else { format!("{} problems", report.problems.len()) }
+    );
+}
+
+/// `packer validate` of the template with each build's variables, in parallel.
+fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec<Problem>> {
+    let dir = project::target_dir().join("validate");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let run = build_amis::Run {
+        run_id: "validate".to_string(),
+        git_commit: "validate".to_string(),
+        created_at: "1970-01-01T00:00:00Z".to_string(),
+        endpoint: None,
+        skip_aws_validation: false,
+        // As build-amis runs today: API-only until the provisioners land.
+        provision: false,
+        log_dir: dir,
+        ami_list: PathBuf::new(),
+    };
+    let template = project::root().join("packer/spark-ami.pkr.hcl");
+    let template_name = display(&template);
+    let results: Vec<Result<Vec<Problem>>> = builds
+        .par_iter()
+        .map_with(sh.clone(), |sh, build| {
+            let var_file = build_amis::write_var_file(&run, build)?;
+            let output = cmd!(sh, "packer validate -machine-readable -var-file={var_file} {template}")
+                .quiet()
+                .ignore_status()
+                .output()
+                .context("run `packer validate`")?;
+            if output.status.success() {
+                return Ok(Vec::new());
+            }
+            let text = String::from_utf8_lossy(&output.stdout);
+            let mut problems: Vec<Problem> = parse_validate_errors(&text)
+                .into_iter()
+                .map(|(line, message)| Problem {
+                    path: template_name.clone(),
+                    line,
+                    message: format!("{message} (build {})", build.name),
+                })
+                .collect();
+            if problems.is_empty() {
+                problems.push(Problem {
+                    path: template_name.clone(),
+                    line: 1,
+                    message: format!(
+                        "packer validate failed for build {}: {}",
+                        build.name,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ),
+                });
+            }
+            Ok(problems)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for result in results {
+        problems.extend(result?);
+    }
+    // The same template error shows once per build; say it once.
+    problems.sort();
+    problems.dedup_by(|a, b| a.line == b.line && strip_build(&a.message) == strip_build(&b.message));
+    Ok(problems)
+}
+
+fn strip_build(message: &str) -> &str {
+    message.rsplit_once(" (build ").map_or(message, |(m, _)| m)
+}
+
+/// The errors in `packer validate -machine-readable` output, with the
+/// template line each names (1 when it names none).
+pub fn parse_validate_errors(output: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for line in output.lines().filter_map(packer::parse_line) {
+        if line.kind != "ui" || line.data.first().map(String::as_str) != Some("error") {
+            continue;
+        }
+        let Some(text) = line.data.get(1) else { continue };
+        for block in text.split("Error: ").filter(|b| !b.trim().is_empty()) {
+            let paragraphs: Vec<&str> = block.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
+            let summary = paragraphs.first().copied().unwrap_or("").trim().trim_end_matches(':');
+            let line_number = paragraphs
+                .iter()
+                .find_map(|p| p.strip_prefix("on ").and_then(|rest| rest.split(" line ").nth(1)))
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let detail = paragraphs
+                .iter()
+                .skip(1)
+                .rfind(|p| !p.starts_with("on "))
+                .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "));
+            let message = match detail {
+                Some(detail) => format!("{summary}: {detail}"),
+                None => summary.to_string(),
+            };
+            found.push((line_number, message));
+        }
+    }
+    found
+}
+
+/// The provisioners: every `*.sh` under scripts/.
+fn provisioners() -> Result<Vec<PathBuf>> {
+    let dir = project::root().join("scripts");
+    let mut scripts = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                scripts.push(path);
+            }
+        }
+    }
+    scripts.sort();
+    Ok(scripts)
+}
+
+/// shellcheck in gcc format, whose lines are already `path:line:col: level: message`.
+fn shellcheck(sh: &Shell, scripts: &[PathBuf]) -> Result<Vec<Problem>> {
+    if scripts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if cmd!(sh, "shellcheck --version").quiet().ignore_status().output().is_err() {
+        bail!("`shellcheck` not found: install it with `apt-get install shellcheck` (or run dev/setup)");
+    }
+    let _dir = sh.push_dir(project::root());
+    let relative: Vec<PathBuf> =
+        scripts.iter().map(|s| s.strip_prefix(project::root()).unwrap_or(s).to_path_buf()).collect();
+    let output = cmd!(sh, "shellcheck -x -f gcc {relative...}").quiet().ignore_status().output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut problems = parse_shellcheck(&text);
+    if !output.status.success() && problems.is_empty() {
+        problems.push(Problem {
+            path: "scripts".to_string(),
+            line: 1,
+            message: format!("shellcheck failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+        });
+    }
+    Ok(problems)
+}
+
+/// `scripts/base.sh:12:5: warning: ... [SC2086]` -> a problem.
+pub fn parse_shellcheck(output: &str) -> Vec<Problem> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(4, ':');
+            let path = parts.next()?.to_string();
+            let line_number = parts.next()?.parse().ok()?;
+            let _column = parts.next()?;
+            let message = parts.next()?.trim().to_string();
+            Some(Problem { path, line: line_number, message: format!("shellcheck {message}") })
+        })
+        .collect()
+}
+
+/// Every entry under `root`, relative to it, sorted. A missing tree is empty.
+fn scan_tree(root: &Path) -> Result<Vec<Entry>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                out.push(Entry::Dir(rel));
+                walk(root, &path, out)?;
+            } else if kind.is_file() {
+                match fs::read(&path) {
+                    Ok(bytes) => out.push(Entry::File(rel, String::from_utf8_lossy(&bytes).into_owned())),
+                    Err(_) => out.push(Entry::Other(rel)),
+                }
+            } else {
+                out.push(Entry::Other(rel));
+            }
+        }
+        Ok(())
+    }
+    let mut entries = Vec::new();
+    if root.exists() {
+        walk(root, root, &mut entries)?;
+    }
+    entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
+    Ok(entries)
+}
+
+fn entry_path(entry: &Entry) -> &str {
+    match entry {
+        Entry::Dir(p) | Entry::File(p, _) | Entry::Other(p) => p,
+    }
+}
+
+/// Asks each region once for the account's images, in parallel, and checks
+/// every recorded ID against what its region holds.
+fn check_online(sh: &Shell, aws: &Aws, recorded: &[Recorded], public: bool) -> Vec<Problem> {
+    let mut regions: Vec<&str> = recorded.iter().map(|r| r.region.as_str()).collect();
+    regions.sort();
+    regions.dedup();
+    let listed: Vec<(&str, Result<Vec<Image>>)> =
+        regions.par_iter().map_with(sh.clone(), |sh, region| (*region, aws.own_images(sh, region, &[]))).collect();
+    let mut problems = Vec::new();
+    let mut images: BTreeMap<&str, BTreeMap<String, Image>> = BTreeMap::new();
+    for (region, result) in listed {
+        match result {
+            Ok(list) => {
+                images.insert(region, list.into_iter().map(|i| (i.image_id.clone(), i)).collect());
+            }
+            Err(e) => {
+                for r in recorded.iter().filter(|r| r.region == region) {
+                    problems.push(Problem {
+                        path: r.path.clone(),
+                        line: 1,
+                        message: format!("could not check {} in {region}: {e:#}", r.id),
+                    });
+                }
+            }
+        }
+    }
+    for r in recorded {
+        let Some(in_region) = images.get(r.region.as_str()) else { continue };
+        let elsewhere: Vec<&str> =
+            images.iter().filter(|(_, imgs)| imgs.contains_key(&r.id)).map(|(region, _)| *region).collect();
+        for message in check_image(r, in_region.get(&r.id), &elsewhere, public) {
+            problems.push(Problem { path: r.path.clone(), line: 1, message });
+        }
+    }
+    problems
+}
+
+/// What is wrong with one recorded AMI, given what its region holds under
+/// that ID and the other regions where the ID was seen.
+pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str], public: bool) -> Vec<String> {
+    let id = &recorded.id;
+    let Some(image) = found else {
+        if elsewhere.is_empty() {
+            return vec![format!(
+                "{id} does not exist in {} (deregistered, or never this account's): rebuild this cell",
+                recorded.region
+            )];
+        }
+        return vec![format!(
+            "{id} is not in {} but in {}: the ID was recorded in the wrong region",
+            recorded.region,
+            elsewhere.join(", ")
+        )];
+    };
+    let mut problems = Vec::new();
+    if image.state != "available" {
+        problems.push(format!("{id} is `{}`, not available", image.state));
+    }
+    let (virt, arch) = match recorded.slot.split_once('-') {
+        Some((virt, arch)) => (virt, arch),
+        None => (recorded.slot.as_str(), "x86_64"),
+    };
+    let expected_virtualization = if virt == "pv" { "paravirtual" } else { "hvm" };
+    if image.virtualization_type != expected_virtualization {
+        problems.push(format!(
+            "{id} is {} but its file says {virt}: it belongs in the {} file",
+            image.virtualization_type,
+            if image.virtualization_type == "paravirtual" { "pv" } else { "hvm" }
+        ));
+    }
+    if image.architecture != arch {
+        problems.push(format!("{id} is {} but its file says {arch}", image.architecture));
+    }
+    let tags = image.tags();
+    if tags.get("managed-by") != Some(&"spark-packer") {
+        problems
+            .push(format!("{id} lacks the factory's tag managed-by=spark-packer: it was not built by spark-packer"));
+    } else if tags.get("spark-packer:image") != Some(&recorded.image.as_str()) {
+        problems.push(format!(
+            "{id} is tagged as image `{}` but recorded under `{}`",
+            tags.get("spark-packer:image").unwrap_or(&"(none)"),
+            recorded.image
+        ));
+    }
+    if public && !image.public {
+        problems.push(format!("{id} is private, but the preset makes public images: rebuild with --public"));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALIDATE_ERRORS: &str = include_str!("../tests/fixtures/packer-1.6.6-validate-errors.txt");
+
+    #[test]
+    fn reads_packer_validate_errors_with_their_lines() {
+        let errors = parse_validate_errors(VALIDATE_ERRORS);
+        assert_eq!(errors.len(), 10, "{errors:#?}");
+        assert_eq!(
+            errors[0],
+            (97, "Unsupported attribute: This object does not have an attribute named \"instance_typo\".".to_string())
+        );
+        assert_eq!(errors[1].0, 1);
+        assert!(errors[1].1.starts_with("Unset variable \"image\": A used variable must be set"), "{:?}", errors[1]);
+    }
+
+    #[test]
+    fn reads_shellcheck_gcc_output() {
+        // Recorded from `shellcheck -f gcc` 0.9.0 on a script with an unquoted variable.
+        let problems =
+            parse_shellcheck("scripts/x.sh:3:6: note: Double quote to prevent globbing and word splitting. [SC2086]\n");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].to_string(),
+            "scripts/x.sh:3: shellcheck note: Double quote to prevent globbing and word splitting. [SC2086]"
+        );
+    }
+
+    fn recorded(slot: &str) -> Recorded {
+        Recorded {
+            path: "ami-list/base/us-east-1/".to_string() + slot,
+            image: "base".into(),
+            region: "us-east-1".into(),
+            slot: slot.into(),
+            id: "ami-0123456789abcdef0".into(),
+        }
+    }
+
+    fn image(virtualization: &str, tags: &str) -> Image {
+        let json = format!(
+            r#"{{"Images": [{{"ImageId": "ami-0123456789abcdef0", "State": "available",
+               "VirtualizationType": "{virtualization}", "Architecture": "x86_64", "Public": false,
+               "Tags": [{tags}]}}]}}"#
+        );
+        crate::aws::parse_describe_images(&json).unwrap().remove(0)
+    }
+
+    const FACTORY: &str =
+        r#"{"Key": "managed-by", "Value": "spark-packer"}, {"Key": "spark-packer:image", "Value": "base"}"#;
+
+    #[test]
+    fn a_matching_image_passes() {
+        assert_eq!(
+            check_image(&recorded("hvm"), Some(&image("hvm", FACTORY)), &["us-east-1"], false),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn online_findings_each_say_what_is_wrong() {
+        let missing = check_image(&recorded("hvm"), None, &[], false);
+        assert!(missing[0].contains("does not exist in us-east-1"), "{missing:?}");
+        let moved = check_image(&recorded("hvm"), None, &["eu-west-1"], false);
+        assert!(moved[0].contains("recorded in the wrong region"), "{moved:?}");
+        assert!(moved[0].contains("eu-west-1"), "{moved:?}");
+        let wrong_virt = check_image(&recorded("pv"), Some(&image("hvm", FACTORY)), &[], false);
+        assert!(wrong_virt[0].contains("is hvm but its file says pv"), "{wrong_virt:?}");
+        let untagged = check_image(&recorded("hvm"), Some(&image("hvm", "")), &[], false);
+        assert!(untagged[0].contains("lacks the factory's tag"), "{untagged:?}");
+        let private = check_image(&recorded("hvm"), Some(&image("hvm", FACTORY)), &[], true);
+        assert!(private[0].contains("is private"), "{private:?}");
+        let arm = check_image(&recorded("hvm-arm64"), Some(&image("hvm", FACTORY)), &[], false);
+        assert!(arm[0].contains("is x86_64 but its file says arm64"), "{arm:?}");
+    }
 }

@@ -1,0 +1,873 @@
+//! The offline rules `validate` applies to packer/matrix.json and to an
+//! ami-list tree. Pure: text and file listings in, problems out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{ami_list, matrix, matrix::Matrix};
+
+/// One thing wrong, printed as `path:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path, self.line, self.message)
+    }
+}
+
+/// Every AWS region an AMI can live in, as of 2026. A name outside this list
+/// is almost always a typo (`us-east1`, `eu-west`).
+pub const AWS_REGIONS: &[&str] = &[
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+const VIRTUALIZATION_TYPES: [&str; 2] = ["hvm", "pv"];
+const ARCHITECTURES: [&str; 2] = ["x86_64", "arm64"];
+
+/// Line numbers of every value in a JSON text, by path (`images[1].spark.sha512`).
+/// Only called on text serde_json has accepted, so it can be lenient.
+pub fn json_lines(text: &str) -> BTreeMap<String, usize> {
+    struct Scanner<'a> {
+        bytes: &'a [u8],
+        pos: usize,
+        line: usize,
+        lines: BTreeMap<String, usize>,
+    }
+    impl Scanner<'_> {
+        fn skip_space(&mut self) {
+            while let Some(&b) = self.bytes.get(self.pos) {
+                match b {
+                    b'\n' => self.line += 1,
+                    b' ' | b'\t' | b'\r' | b',' | b':' => {}
+                    _ => return,
+                }
+                self.pos += 1;
+            }
+        }
+        fn string(&mut self) -> String {
+            let start = self.pos + 1;
+            self.pos += 1;
+            while let Some(&b) = self.bytes.get(self.pos) {
+                self.pos += 1;
+                match b {
+                    b'\\' => self.pos += 1,
+                    b'"' => break,
+                    _ => {}
+                }
+            }
+            String::from_utf8_lossy(&self.bytes[start..self.pos.saturating_sub(1).max(start)]).into_owned()
+        }
+        fn value(&mut self, path: &str) {
+            self.skip_space();
+            self.lines.insert(path.to_string(), self.line);
+            match self.bytes.get(self.pos) {
+                Some(b'{') => {
+                    self.pos += 1;
+                    loop {
+                        self.skip_space();
+                        match self.bytes.get(self.pos) {
+                            Some(b'"') => {
+                                let key = self.string();
+                                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                                self.value(&child);
+                            }
+                            Some(_) => {
+                                self.pos += 1;
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    for index in 0.. {
+                        self.skip_space();
+                        match self.bytes.get(self.pos) {
+                            Some(b']') | None => {
+                                self.pos += 1;
+                                return;
+                            }
+                            Some(_) => self.value(&format!("{path}[{index}]")),
+                        }
+                    }
+                }
+                Some(b'"') => {
+                    self.string();
+                }
+                Some(_) => {
+                    while self.bytes.get(self.pos).is_some_and(|b| !b",]}\n \t\r".contains(b)) {
+                        self.pos += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+    let mut scanner = Scanner { bytes: text.as_bytes(), pos: 0, line: 1, lines: BTreeMap::new() };
+    scanner.value("");
+    scanner.lines
+}
+
+/// The rules for packer/matrix.json. `path` is how the file is named in messages.
+/// Returns the parsed matrix too when it could be read at all.
+pub fn check_matrix(path: &str, text: &str) -> (Vec<Problem>, Option<Matrix>) {
+    let problem = |line: usize, message: String| Problem { path: path.to_string(), line, message };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+        return (vec![problem(e.line(), format!("not valid JSON: {e}; fix the syntax"))], None);
+    }
+    let matrix = match serde_json::from_str::<Matrix>(text) {
+        Ok(matrix) => matrix,
+        Err(e) => {
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            return (vec![problem(e.line(), format!("{message}; see the layout of the checked-in matrix"))], None);
+        }
+    };
+    let lines = json_lines(text);
+    let line_of = |json_path: &str| {
+        // Fall back to the nearest enclosing value that has a line.
+        let mut key = json_path.to_string();
+        loop {
+            if let Some(line) = lines.get(&key) {
+                return *line;
+            }
+            match key.rfind(['.', '[']) {
+                Some(cut) => key.truncate(cut),
+                None => return 1,
+            }
+        }
+    };
+    let mut problems = Vec::new();
+    let mut report = |json_path: &str, message: String| problems.push(problem(line_of(json_path), message));
+
+    let mut image_names = BTreeSet::new();
+    for (i, image) in matrix.images.iter().enumerate() {
+        let at = format!("images[{i}]");
+        if !image_names.insert(image.name.as_str()) {
+            report(&format!("{at}.name"), format!("image `{}` is defined twice; remove one", image.name));
+        }
+        match &image.spark {
+            None if image.name != "base" => report(
+                &format!("{at}.name"),
+                format!("image `{}` has no `spark` section; only `base` may omit it", image.name),
+            ),
+            None => {}
+            Some(spark) => {
+                if !is_version(&spark.version) {
+                    report(
+                        &format!("{at}.spark.version"),
+                        format!("Spark version `{}` is not X.Y.Z, e.g. 3.5.3", spark.version),
+                    );
+                } else if image.name != format!("spark-{}", spark.version) {
+                    report(
+                        &format!("{at}.name"),
+                        format!(
+                            "image `{}` holds Spark {}: name it `spark-{}`",
+                            image.name, spark.version, spark.version
+                        ),
+                    );
+                }
+                if !is_hadoop_build(&spark.hadoop_build) {
+                    report(
+                        &format!("{at}.spark.hadoop_build"),
+                        format!(
+                            "hadoop_build `{}` is not an Apache build suffix such as `hadoop3` or `without-hadoop`",
+                            spark.hadoop_build
+                        ),
+                    );
+                }
+                if spark.sha512.is_empty() || spark.sha512.chars().all(|c| c.is_ascii_uppercase()) {
+                    report(
+                        &format!("{at}.spark.sha512"),
+                        format!(
+                            "Spark {} has no checksum (`{}`): copy the SHA-512 from \
+                             https://archive.apache.org/dist/spark/spark-{}/spark-{}-bin-{}.tgz.sha512",
+                            spark.version, spark.sha512, spark.version, spark.version, spark.hadoop_build
+                        ),
+                    );
+                } else if !is_sha512(&spark.sha512) {
+                    report(
+                        &format!("{at}.spark.sha512"),
+                        format!(
+                            "the checksum of Spark {} is not a SHA-512 (128 lowercase hex digits, found {} characters)",
+                            spark.version,
+                            spark.sha512.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    let mut virt_names = BTreeSet::new();
+    for (i, virt) in matrix.virtualization.iter().enumerate() {
+        let at = format!("virtualization[{i}]");
+        if !VIRTUALIZATION_TYPES.contains(&virt.name.as_str()) {
+            report(&format!("{at}.name"), format!("unknown virtualization type `{}`: use hvm or pv", virt.name));
+        }
+        if !virt_names.insert(virt.name.as_str()) {
+            report(&format!("{at}.name"), format!("virtualization `{}` is defined twice; remove one", virt.name));
+        }
+        let mut archs = BTreeSet::new();
+        for (j, settings) in virt.archs.iter().enumerate() {
+            let at = format!("{at}.archs[{j}]");
+            if !ARCHITECTURES.contains(&settings.arch.as_str()) {
+                report(&format!("{at}.arch"), format!("unknown architecture `{}`: use x86_64 or arm64", settings.arch));
+            } else if virt.name == "pv" && settings.arch != "x86_64" {
+                report(
+                    &format!("{at}.arch"),
+                    format!("PV with {}: paravirtual images are x86_64 only; move it under hvm", settings.arch),
+                );
+            }
+            if !archs.insert(settings.arch.as_str()) {
+                report(
+                    &format!("{at}.arch"),
+                    format!("{} is listed twice under {}; remove one", settings.arch, virt.name),
+                );
+            }
+            if settings.instance_type.trim().is_empty() {
+                report(&format!("{at}.instance_type"), "empty instance type: name one, e.g. m7i.large".to_string());
+            }
+            if settings.source_ami.name.trim().is_empty() {
+                report(
+                    &format!("{at}.source_ami.name"),
+                    "empty source AMI name pattern: give one, e.g. al2023-ami-2023.*-x86_64".to_string(),
+                );
+            }
+            if settings.source_ami.owners.is_empty() {
+                report(
+                    &format!("{at}.source_ami.owners"),
+                    "no source AMI owners: name one, e.g. amazon, so no stranger's image is picked".to_string(),
+                );
+            }
+        }
+    }
+
+    if matrix.presets.is_empty() {
+        report("presets", "no presets: define at least `default`".to_string());
+    }
+    for (name, preset) in &matrix.presets {
+        let at = format!("presets.{name}");
+        let mut axis = |field: &str, values: &[String], known: &BTreeSet<&str>, what: &str| {
+            if values.is_empty() {
+                report(&format!("{at}.{field}"), format!("preset `{name}` lists no {what}; name at least one"));
+            }
+            let mut seen = BTreeSet::new();
+            for (k, value) in values.iter().enumerate() {
+                let here = format!("{at}.{field}[{k}]");
+                if !known.contains(value.as_str()) {
+                    let choices: Vec<&str> = known.iter().copied().collect();
+                    report(
+                        &here,
+                        format!("preset `{name}` names unknown {what} `{value}`; known: {}", choices.join(", ")),
+                    );
+                } else if !seen.insert(value.as_str()) {
+                    report(&here, format!("preset `{name}` lists {what} `{value}` twice; remove one"));
+                }
+            }
+        };
+        axis("images", &preset.images, &image_names, "image");
+        axis("virtualization", &preset.virtualization, &virt_names, "virtualization type");
+        axis("archs", &preset.archs, &ARCHITECTURES.into_iter().collect(), "architecture");
+        let regions: BTreeSet<&str> = AWS_REGIONS.iter().copied().collect();
+        let mut seen = BTreeSet::new();
+        if preset.regions.is_empty() {
+            report(&format!("{at}.regions"), format!("preset `{name}` lists no region; name at least one"));
+        }
+        for (k, region) in preset.regions.iter().enumerate() {
+            let here = format!("{at}.regions[{k}]");
+            if !regions.contains(region.as_str()) {
+                report(&here, unknown_region(region));
+            } else if !seen.insert(region.as_str()) {
+                report(&here, format!("preset `{name}` lists region `{region}` twice; remove one"));
+            }
+        }
+        if !regions.contains(preset.build_region.as_str()) {
+            report(&format!("{at}.build_region"), unknown_region(&preset.build_region));
+        } else if !preset.regions.contains(&preset.build_region) {
+            report(
+                &format!("{at}.build_region"),
+                format!(
+                    "build region `{}` is not among preset `{name}`'s regions, so copy builds would \
+                     launch elsewhere; add it to `regions`",
+                    preset.build_region
+                ),
+            );
+        }
+    }
+    (problems, Some(matrix))
+}
+
+fn unknown_region(region: &str) -> String {
+    let near: Vec<&str> = AWS_REGIONS
+        .iter()
+        .copied()
+        .filter(|r| r.replace('-', "").starts_with(&region.replace('-', "").chars().take(4).collect::<String>()))
+        .collect();
+    if near.is_empty() {
+        format!("unknown AWS region `{region}`: write it as EC2 does, e.g. us-east-1")
+    } else {
+        format!("unknown AWS region `{region}`: did you mean one of {}?", near.join(", "))
+    }
+}
+
+fn is_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_hadoop_build(b: &str) -> bool {
+    b == "without-hadoop"
+        || b.strip_prefix("hadoop").is_some_and(|v| {
+            !v.is_empty() && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+        })
+}
+
+pub fn is_sha512(s: &str) -> bool {
+    s.len() == 128 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// One entry of an ami-list tree as found on disk, path relative to its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir(String),
+    File(String, String),
+    /// A symlink, socket or unreadable file: never expected.
+    Other(String),
+}
+
+/// What the tree may hold: from the matrix.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub images: BTreeSet<String>,
+    /// File names: `hvm`, `pv`, `hvm-arm64`.
+    pub slots: BTreeSet<String>,
+}
+
+impl Known {
+    pub fn from_matrix(matrix: &Matrix) -> Known {
+        Known {
+            images: matrix.images.iter().map(|i| i.name.clone()).collect(),
+            slots: matrix
+                .virtualization
+                .iter()
+                .flat_map(|v| v.archs.iter().map(|a| matrix::slot(&v.name, &a.arch)))
+                .collect(),
+        }
+    }
+}
+
+/// A well-formed file of the tree: what `--online` checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub path: String,
+    pub image: String,
+    pub region: String,
+    pub slot: String,
+    pub id: String,
+}
+
+/// The rules for an ami-list tree. `root` names the tree in messages.
+pub fn check_tree(root: &str, entries: &[Entry], known: &Known) -> (Vec<Problem>, Vec<Recorded>) {
+    let at = |rel: &str, line: usize, message: String| Problem { path: format!("{root}/{rel}"), line, message };
+    let mut problems = Vec::new();
+    let mut recorded: Vec<Recorded> = Vec::new();
+    let mut first_place: BTreeMap<String, String> = BTreeMap::new();
+    let regions: BTreeSet<&str> = AWS_REGIONS.iter().copied().collect();
+    for entry in entries {
+        let (rel, content) = match entry {
+            Entry::Other(rel) => {
+                problems.push(at(rel, 1, "not a regular file or directory: remove it".to_string()));
+                continue;
+            }
+            Entry::Dir(rel) => (rel.as_str(), None),
+            Entry::File(rel, content) => (rel.as_str(), Some(content.as_str())),
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        let name = parts.last().copied().unwrap_or("");
+        if content.is_some() && name.starts_with('.') && name.contains(".tmp") {
+            problems.push(at(rel, 1, "a temporary file left by an interrupted write: delete it".to_string()));
+            continue;
+        }
+        if parts.len() == 1 && content.is_some() && name == "README.md" {
+            continue;
+        }
+        // Directories: <image>/ and <image>/<region>/ only; files only at depth 3.
+        if let Some(image) = parts.first() {
+            if !known.images.contains(*image) {
+                if parts.len() == 1 {
+                    let names: Vec<&str> = known.images.iter().map(String::as_str).collect();
+                    problems.push(at(
+                        rel,
+                        1,
+                        format!(
+                            "unknown image `{image}`: the matrix defines {}; remove or rename it",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                continue;
+            }
+        }
+        if let Some(region) = parts.get(1) {
+            if !regions.contains(*region) {
+                if parts.len() == 2 {
+                    problems.push(at(rel, 1, unknown_region(region)));
+                }
+                continue;
+            }
+        }
+        match (parts.len(), content) {
+            (1 | 2, None) => {}
+            (1 | 2, Some(_)) => problems.push(at(
+                rel,
+                1,
+                "stray file: ami-list holds files only at <image>/<region>/<virt>; move or remove it".to_string(),
+            )),
+            (3, None) => {
+                problems.push(at(rel, 1, format!("`{name}` is a directory; it should be a file holding one AMI ID")))
+            }
+            (3, Some(content)) => {
+                if !known.slots.contains(name) {
+                    let names: Vec<&str> = known.slots.iter().map(String::as_str).collect();
+                    problems.push(at(
+                        rel,
+                        1,
+                        format!("unknown virtualization `{name}`: expected one of {}", names.join(", ")),
+                    ));
+                    continue;
+                }
+                match file_id(content) {
+                    Err((line, message)) => problems.push(at(rel, line, message)),
+                    Ok(id) => {
+                        if let Some(first) = first_place.get(&id) {
+                            problems.push(at(
+                                rel,
+                                1,
+                                format!("{id} is also recorded in {root}/{first}; one AMI has one place"),
+                            ));
+                        } else {
+                            first_place.insert(id.clone(), rel.to_string());
+                        }
+                        recorded.push(Recorded {
+                            path: format!("{root}/{rel}"),
+                            image: parts[0].to_string(),
+                            region: parts[1].to_string(),
+                            slot: name.to_string(),
+                            id,
+                        });
+                    }
+                }
+            }
+            (_, _) => problems.push(at(
+                rel,
+                1,
+                "stray entry: ami-list is only <image>/<region>/<virt>, three levels deep; remove it".to_string(),
+            )),
+        }
+    }
+    (problems, recorded)
+}
+
+/// The ID in a file, or the line and message of what is wrong with it.
+fn file_id(content: &str) -> Result<String, (usize, String)> {
+    if content.is_empty() {
+        return Err((1, "empty file: it should hold one AMI ID and a newline".to_string()));
+    }
+    let mut lines = content.split('\n');
+    let first = lines.next().unwrap_or("");
+    let trimmed = first.trim();
+    if !ami_list::is_ami_id(trimmed) {
+        let hint = if ami_list::is_ami_id(&trimmed.to_lowercase()) {
+            "write it in lower case"
+        } else {
+            "expected `ami-` and 8 or 17 lowercase hex digits"
+        };
+        return Err((1, format!("`{trimmed}` is not an AMI ID: {hint}")));
+    }
+    if trimmed != first {
+        return Err((1, format!("spaces around {trimmed}: the file holds the ID and a newline only")));
+    }
+    if !content.ends_with('\n') {
+        return Err((1, format!("no newline after {trimmed}: spark_ec2.py expects one")));
+    }
+    if content.len() > first.len() + 1 {
+        let extra = content[first.len() + 1..].split('\n').position(|l| !l.is_empty()).unwrap_or(0);
+        return Err((2 + extra, "more than one line: the file holds exactly one AMI ID".to_string()));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Cells of the preset with no file: "not built yet".
+pub fn missing_cells(builds: &[matrix::Build], recorded: &[Recorded]) -> Vec<String> {
+    let have: BTreeSet<(&str, &str, &str)> =
+        recorded.iter().map(|r| (r.image.as_str(), r.region.as_str(), r.slot.as_str())).collect();
+    let mut missing = BTreeSet::new();
+    for build in builds {
+        let slot = build.slot();
+        for region in build.regions() {
+            if !have.contains(&(build.image.name.as_str(), region, slot.as_str())) {
+                missing.insert(format!("{}/{region}/{slot}", build.image.name));
+            }
+        }
+    }
+    missing.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MATRIX: &str = include_str!("../../packer/matrix.json");
+
+    fn line_containing(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    }
+
+    /// The checked-in matrix with one edit; the edit must apply.
+    fn edited(from: &str, to: &str) -> String {
+        assert!(MATRIX.contains(from), "fixture edit {from:?} no longer applies");
+        MATRIX.replacen(from, to, 1)
+    }
+
+    fn matrix_problems(text: &str) -> Vec<String> {
+        check_matrix("packer/matrix.json", text).0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_checked_in_matrix_is_clean() {
+        assert_eq!(matrix_problems(MATRIX), Vec::<String>::new());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in ["", "null", "[]", "{", "{}", "\u{0}", "{\"images\": 3}", "{\"images\": [{\"name\": 1}]}"] {
+            let (problems, matrix) = check_matrix("m.json", text);
+            assert!(matrix.is_none() && problems.len() == 1, "{text:?}: {problems:?}");
+        }
+        let entries = [Entry::Dir(String::new()), file("", ""), file("/", "\n"), file("a/b/c/d/e", "\u{0}")];
+        let _ = check_tree("", &entries, &known());
+        let _ = json_lines("{\"a\": [1, {\"b\": \"\\\"\"}], \"c\"");
+    }
+
+    #[test]
+    fn json_lines_finds_nested_values() {
+        let lines = json_lines(MATRIX);
+        assert_eq!(lines["images[1].spark.sha512"], line_containing(MATRIX, "\"sha512\""));
+        assert_eq!(lines["presets.seed-2014.regions[4]"], line_containing(MATRIX, "\"sa-east-1\""));
+        assert_eq!(lines["virtualization[1].archs[0].arch"], line_containing(MATRIX, "\"m3.medium\"") - 1);
+    }
+
+    /// Each bad matrix: the edit, the line it must be reported on (by a text
+    /// on that line of the edited file), and the message it must carry.
+    #[test]
+    fn every_bad_matrix_gets_its_own_message_and_line() {
+        let sha = "3b041e538282c15ad3b0ab2f05d558e1be2d16e047c2a98ca9c08176c4a50e7101bd2199aec97a66fdabf4b3f490c2c1cefd547bbe35a1b3e3143e066948ee6d";
+        let cases: Vec<(&str, String, &str, &str)> = vec![
+            ("syntax", edited("\"images\": [", "\"images\": [,"), "\"images\": [,", "not valid JSON"),
+            (
+                "unknown field",
+                edited("\"hadoop_build\"", "\"hadoop\": 3, \"hadoop_build\""),
+                "\"hadoop\": 3",
+                "unknown field `hadoop`",
+            ),
+            (
+                "missing field",
+                edited("\"public\": false\n    },", "\"pub\": false\n    },"),
+                "\"pub\"",
+                "unknown field `pub`",
+            ),
+            (
+                "duplicate image",
+                edited("{ \"name\": \"base\" },", "{ \"name\": \"base\" }, { \"name\": \"base\" },"),
+                "{ \"name\": \"base\" }, { \"name\": \"base\" }",
+                "image `base` is defined twice",
+            ),
+            (
+                "spark image without spark",
+                edited("{ \"name\": \"base\" }", "{ \"name\": \"spark-3.5.4\" }"),
+                "spark-3.5.4",
+                "has no `spark` section",
+            ),
+            (
+                "misnamed spark image",
+                edited("\"name\": \"spark-3.5.3\"", "\"name\": \"spark-3.5\""),
+                "\"spark-3.5\"",
+                "name it `spark-3.5.3`",
+            ),
+            (
+                "bad spark version",
+                edited("\"version\": \"3.5.3\"", "\"version\": \"3.5\""),
+                "\"version\": \"3.5\"",
+                "is not X.Y.Z",
+            ),
+            ("bad hadoop build", edited("\"hadoop3\"", "\"hdp3\""), "\"hdp3\"", "not an Apache build suffix"),
+            ("no checksum", edited(sha, "PENDING"), "PENDING", "has no checksum"),
+            ("empty checksum", edited(sha, ""), "\"sha512\": \"\"", "has no checksum"),
+            ("short checksum", edited(sha, &sha[..64]), &sha[..64], "is not a SHA-512"),
+            ("upper-case checksum", edited(sha, &sha.to_uppercase()), "3B041E", "is not a SHA-512"),
+            (
+                "unknown virtualization",
+                edited("\"name\": \"pv\"", "\"name\": \"paravirtual\""),
+                "\"paravirtual\"",
+                "unknown virtualization type",
+            ),
+            (
+                "unknown arch",
+                edited("\"arch\": \"arm64\"", "\"arch\": \"aarch64\""),
+                "\"aarch64\"",
+                "unknown architecture `aarch64`",
+            ),
+            (
+                "pv with arm64",
+                edited(
+                    "\"arch\": \"x86_64\",\n          \"instance_type\": \"m3.medium\"",
+                    "\"arch\": \"arm64\",\n          \"instance_type\": \"m3.medium\"",
+                ),
+                "\"arch\": \"arm64\",\n          \"instance_type\": \"m3.medium\"",
+                "PV with arm64",
+            ),
+            ("empty instance type", edited("\"m7g.large\"", "\"\""), "\"instance_type\": \"\"", "empty instance type"),
+            (
+                "no owners",
+                edited(
+                    "\"owners\": [\"amazon\"] }\n        }\n      ]\n    },\n    {\n      \"name\": \"pv\"",
+                    "\"owners\": [] }\n        }\n      ]\n    },\n    {\n      \"name\": \"pv\"",
+                ),
+                "\"owners\": [] }",
+                "no source AMI owners",
+            ),
+            (
+                "unknown region",
+                edited("\"sa-east-1\"", "\"sa-east1\""),
+                "\"sa-east1\"",
+                "unknown AWS region `sa-east1`: did you mean one of sa-east-1?",
+            ),
+            (
+                "duplicate region",
+                edited("\"sa-east-1\"", "\"us-west-2\""),
+                "\"us-west-2\"\n",
+                "lists region `us-west-2` twice",
+            ),
+            (
+                "unknown image in preset",
+                edited(
+                    "\"images\": [\"base\", \"spark-3.5.3\"],\n      \"virtualization\": [\"hvm\"]",
+                    "\"images\": [\"base\", \"spark-9.9.9\"],\n      \"virtualization\": [\"hvm\"]",
+                ),
+                "spark-9.9.9",
+                "names unknown image `spark-9.9.9`",
+            ),
+            (
+                "build region outside regions",
+                edited(
+                    "\"build_region\": \"us-east-1\",\n      \"regions\": [\"us-east-1\", ",
+                    "\"build_region\": \"eu-west-2\",\n      \"regions\": [\"us-east-1\", ",
+                ),
+                "\"eu-west-2\"",
+                "is not among preset `default`'s regions",
+            ),
+            (
+                "empty regions",
+                edited("\"regions\": [\"us-east-1\", \"us-west-2\", \"eu-west-1\"]", "\"regions\": []"),
+                "\"regions\": []",
+                "lists no region",
+            ),
+        ];
+        let mut kinds = BTreeSet::new();
+        for (kind, text, on_line, message) in &cases {
+            let problems = matrix_problems(text);
+            let at = text.find(on_line).unwrap_or_else(|| panic!("{kind}: {on_line:?} not in the edited text"));
+            let line = text[..at].matches('\n').count() + 1;
+            let expected_prefix = format!("packer/matrix.json:{line}: ");
+            assert!(
+                problems.iter().any(|p| p.starts_with(&expected_prefix) && p.contains(message)),
+                "{kind}: expected {expected_prefix}...{message}, got {problems:#?}"
+            );
+            kinds.insert(*kind);
+        }
+        assert!(kinds.len() >= 20);
+    }
+
+    fn known() -> Known {
+        Known::from_matrix(&Matrix::parse(MATRIX).unwrap())
+    }
+
+    fn file(path: &str, content: &str) -> Entry {
+        Entry::File(path.to_string(), content.to_string())
+    }
+
+    fn dirs_for(path: &str) -> Vec<Entry> {
+        let parts: Vec<&str> = path.split('/').collect();
+        (1..parts.len()).map(|n| Entry::Dir(parts[..n].join("/"))).collect()
+    }
+
+    fn tree_problems(entries: &[Entry]) -> Vec<String> {
+        check_tree("ami-list", entries, &known()).0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_good_tree_is_clean_and_recorded() {
+        let mut entries = dirs_for("base/us-east-1/hvm");
+        entries.push(file("README.md", "# ami-list\n"));
+        entries.push(file("base/us-east-1/hvm", "ami-0123456789abcdef0\n"));
+        entries.push(file("base/us-east-1/hvm-arm64", "ami-1234abcd\n"));
+        let (problems, recorded) = check_tree("ami-list", &entries, &known());
+        assert_eq!(problems, vec![]);
+        assert_eq!(recorded.len(), 2);
+        assert_eq!(recorded[1].slot, "hvm-arm64");
+    }
+
+    #[test]
+    fn every_bad_tree_gets_its_own_message_and_line() {
+        let good = "ami-0123456789abcdef0\n";
+        let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
+            (
+                "unknown image",
+                vec![Entry::Dir("spark-9.9.9".into())],
+                "ami-list/spark-9.9.9:1: unknown image `spark-9.9.9`",
+            ),
+            (
+                "unknown region",
+                vec![Entry::Dir("base".into()), Entry::Dir("base/us-east".into())],
+                "ami-list/base/us-east:1: unknown AWS region `us-east`",
+            ),
+            (
+                "unknown virt",
+                vec![file("base/us-east-1/paravirtual", good)],
+                "ami-list/base/us-east-1/paravirtual:1: unknown virtualization `paravirtual`",
+            ),
+            (
+                "arm64 under pv",
+                vec![file("base/us-east-1/pv-arm64", good)],
+                "ami-list/base/us-east-1/pv-arm64:1: unknown virtualization",
+            ),
+            (
+                "no newline",
+                vec![file("base/us-east-1/hvm", "ami-0123456789abcdef0")],
+                "ami-list/base/us-east-1/hvm:1: no newline after ami-0123456789abcdef0",
+            ),
+            ("empty file", vec![file("base/us-east-1/hvm", "")], "ami-list/base/us-east-1/hvm:1: empty file"),
+            (
+                "malformed id",
+                vec![file("base/us-east-1/hvm", "ami-12345\n")],
+                "ami-list/base/us-east-1/hvm:1: `ami-12345` is not an AMI ID",
+            ),
+            (
+                "upper-case id",
+                vec![file("base/us-east-1/hvm", "ami-1234ABCD\n")],
+                "ami-list/base/us-east-1/hvm:1: `ami-1234ABCD` is not an AMI ID: write it in lower case",
+            ),
+            ("not an ami", vec![file("base/us-east-1/hvm", "snap-1234abcd\n")], "is not an AMI ID"),
+            (
+                "spaces",
+                vec![file("base/us-east-1/hvm", " ami-1234abcd\n")],
+                "ami-list/base/us-east-1/hvm:1: spaces around ami-1234abcd",
+            ),
+            (
+                "two lines",
+                vec![file("base/us-east-1/hvm", "ami-1234abcd\nami-5678abcd\n")],
+                "ami-list/base/us-east-1/hvm:2: more than one line",
+            ),
+            (
+                "blank lines then junk",
+                vec![file("base/us-east-1/hvm", "ami-1234abcd\n\n\njunk\n")],
+                "ami-list/base/us-east-1/hvm:4: more than one line",
+            ),
+            (
+                "duplicate id",
+                vec![file("base/us-east-1/hvm", good), file("base/us-west-2/hvm", good)],
+                "ami-list/base/us-west-2/hvm:1: ami-0123456789abcdef0 is also recorded in ami-list/base/us-east-1/hvm",
+            ),
+            ("stray file at top", vec![file("notes.txt", "hi\n")], "ami-list/notes.txt:1: unknown image `notes.txt`"),
+            ("stray file in image", vec![file("base/hvm", good)], "ami-list/base/hvm:1: unknown AWS region `hvm`"),
+            (
+                "stray file in region dir level",
+                vec![file("base/us-east-1", good)],
+                "ami-list/base/us-east-1:1: stray file",
+            ),
+            ("too deep", vec![file("base/us-east-1/hvm/old", good)], "ami-list/base/us-east-1/hvm/old:1: stray entry"),
+            (
+                "directory as cell",
+                vec![Entry::Dir("base/us-east-1/hvm".into())],
+                "ami-list/base/us-east-1/hvm:1: `hvm` is a directory",
+            ),
+            (
+                "temp file",
+                vec![file("base/us-east-1/.hvm.tmp-1234", good)],
+                "ami-list/base/us-east-1/.hvm.tmp-1234:1: a temporary file left by an interrupted write",
+            ),
+            (
+                "symlink",
+                vec![Entry::Other("base/us-east-1/hvm".into())],
+                "ami-list/base/us-east-1/hvm:1: not a regular file",
+            ),
+        ];
+        for (kind, entries, expected) in &cases {
+            let problems = tree_problems(entries);
+            assert!(problems.iter().any(|p| p.contains(expected)), "{kind}: expected {expected:?}, got {problems:#?}");
+        }
+        assert!(cases.len() >= 15);
+    }
+
+    #[test]
+    fn missing_cells_are_listed() {
+        let matrix = Matrix::parse(MATRIX).unwrap();
+        let builds = matrix
+            .expand("seed-2014", &crate::matrix::Filters::default(), crate::matrix::Strategy::Copy, false)
+            .unwrap();
+        let recorded = vec![Recorded {
+            path: "ami-list/base/us-east-1/hvm".into(),
+            image: "base".into(),
+            region: "us-east-1".into(),
+            slot: "hvm".into(),
+            id: "ami-1234abcd".into(),
+        }];
+        let missing = missing_cells(&builds, &recorded);
+        assert_eq!(missing.len(), 31);
+        assert!(!missing.contains(&"base/us-east-1/hvm".to_string()));
+        assert!(missing.contains(&"spark-3.5.3/sa-east-1/pv".to_string()));
+    }
+}
