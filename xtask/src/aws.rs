@@ -116,6 +116,123 @@ impl Aws {
     }
 }
 
+/// An image with the EBS snapshots behind it: what a cleanup deletes after
+/// deregistering the image, unless another image still uses them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageWithSnapshots {
+    #[serde(flatten)]
+    pub image: Image,
+    #[serde(default)]
+    block_device_mappings: Vec<BlockDeviceMapping>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BlockDeviceMapping {
+    #[serde(default)]
+    ebs: Option<Ebs>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ebs {
+    #[serde(default)]
+    snapshot_id: Option<String>,
+}
+
+impl ImageWithSnapshots {
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        self.block_device_mappings.iter().filter_map(|m| m.ebs.as_ref()?.snapshot_id.clone()).collect()
+    }
+}
+
+pub fn parse_images_with_snapshots(json: &str) -> Result<Vec<ImageWithSnapshots>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        images: Vec<ImageWithSnapshots>,
+    }
+    Ok(serde_json::from_str::<Output>(json).context("parse describe-images output")?.images)
+}
+
+/// Which image an instance was launched from, and its state now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceImage {
+    pub instance_id: String,
+    pub image_id: String,
+    pub state: String,
+}
+
+pub fn parse_instance_images(json: &str) -> Result<Vec<InstanceImage>> {
+    let value: serde_json::Value = serde_json::from_str(json).context("parse describe-instances output")?;
+    let mut out = Vec::new();
+    for reservation in value["Reservations"].as_array().into_iter().flatten() {
+        for instance in reservation["Instances"].as_array().into_iter().flatten() {
+            out.push(InstanceImage {
+                instance_id: instance["InstanceId"].as_str().unwrap_or_default().to_string(),
+                image_id: instance["ImageId"].as_str().unwrap_or_default().to_string(),
+                state: instance["State"]["Name"].as_str().unwrap_or("unknown").to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The image a launch template version names (its default or latest one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateImage {
+    pub template_name: String,
+    pub version: u64,
+    pub is_default: bool,
+    /// May be empty, or an SSM parameter (`resolve:ssm:...`) rather than an AMI ID.
+    pub image_id: String,
+}
+
+pub fn parse_template_images(json: &str) -> Result<Vec<TemplateImage>> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).context("parse describe-launch-template-versions output")?;
+    Ok(value["LaunchTemplateVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| TemplateImage {
+            template_name: v["LaunchTemplateName"].as_str().unwrap_or_default().to_string(),
+            version: v["VersionNumber"].as_u64().unwrap_or_default(),
+            is_default: v["DefaultVersion"].as_bool().unwrap_or_default(),
+            image_id: v["LaunchTemplateData"]["ImageId"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect())
+}
+
+// Calls for `clean-old-amis`.
+impl Aws {
+    /// Every image this account owns in `region`, tagged or not, with its snapshots.
+    pub fn own_images_with_snapshots(&self, sh: &Shell, region: &str) -> Result<Vec<ImageWithSnapshots>> {
+        parse_images_with_snapshots(&self.ec2(sh, region, &["describe-images", "--owners", "self"])?)
+    }
+
+    /// Every instance in `region`, whatever its state, and the image it runs.
+    pub fn instance_images(&self, sh: &Shell, region: &str) -> Result<Vec<InstanceImage>> {
+        parse_instance_images(&self.ec2(sh, region, &["describe-instances"])?)
+    }
+
+    /// The default and latest version of every launch template in `region`:
+    /// one call, as EC2 allows for exactly these two versions.
+    pub fn launch_template_images(&self, sh: &Shell, region: &str) -> Result<Vec<TemplateImage>> {
+        let args = ["describe-launch-template-versions", "--versions", "$Default", "$Latest"];
+        parse_template_images(&self.ec2(sh, region, &args)?)
+    }
+
+    pub fn deregister_image(&self, sh: &Shell, region: &str, image_id: &str) -> Result<()> {
+        self.ec2(sh, region, &["deregister-image", "--image-id", image_id]).map(drop)
+    }
+
+    pub fn delete_snapshot(&self, sh: &Shell, region: &str, snapshot_id: &str) -> Result<()> {
+        self.ec2(sh, region, &["delete-snapshot", "--snapshot-id", snapshot_id]).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,406 @@
+//! `cargo xtask clean-old-amis` end to end against a real EC2 emulator (moto
+//! server) on a loopback port, on an account seeded through the aws CLI.
+//!
+//! moto stamps every image with the time it was registered, to the second,
+//! and offers no way to backdate one. So ages are real: the seed is made in
+//! batches a couple of seconds apart, and the run judges ages `--as-of` the
+//! last batch with a `--min-age` that covers exactly that batch.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use xshell::Shell;
+use xtask::{
+    ami_list::{self, Cell},
+    clean_old_amis::parse_time,
+    local, project,
+};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "us-west-2";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = project::target_dir().join("test-scratch").join(format!("clean-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The venv's aws CLI against the emulator, for seeding and inspecting.
+struct Ec2 {
+    program: PathBuf,
+    endpoint: String,
+}
+
+impl Ec2 {
+    fn new(emulator: &local::Emulator) -> Ec2 {
+        let aws = emulator.aws();
+        Ec2 { program: aws.program, endpoint: aws.endpoint.unwrap() }
+    }
+
+    fn call(&self, region: &str, args: &[&str]) -> Value {
+        let mut command = Command::new(&self.program);
+        command.args(["--endpoint-url", &self.endpoint, "--region", region, "--output", "json", "ec2"]).args(args);
+        for (key, value) in local::DUMMY_CREDENTIALS {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run the venv's aws CLI");
+        assert!(output.status.success(), "aws ec2 {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        if output.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Registers one image per name, in parallel; returns their IDs in order.
+    fn register(&self, region: &str, names: &[&str]) -> Vec<String> {
+        thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    scope.spawn(move || {
+                        let out = self.call(region, &["register-image", "--name", name]);
+                        out["ImageId"].as_str().unwrap().to_string()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn tag(&self, region: &str, ids: &[&String], tags: &[(&str, &str)]) {
+        let mut args = vec!["create-tags".to_string(), "--resources".to_string()];
+        args.extend(ids.iter().map(|id| id.to_string()));
+        args.push("--tags".to_string());
+        args.extend(tags.iter().map(|(k, v)| format!("Key={k},Value={v}")));
+        self.call(region, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// Image ID -> (creation time, snapshot IDs), for every image the account owns.
+    fn own_images(&self, region: &str) -> BTreeMap<String, (u64, Vec<String>)> {
+        let out = self.call(region, &["describe-images", "--owners", "self"]);
+        out["Images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| {
+                let snapshots = image["BlockDeviceMappings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|m| m["Ebs"]["SnapshotId"].as_str().map(str::to_string))
+                    .collect();
+                let created = parse_time(image["CreationDate"].as_str().unwrap()).unwrap();
+                (image["ImageId"].as_str().unwrap().to_string(), (created, snapshots))
+            })
+            .collect()
+    }
+
+    fn snapshots(&self, region: &str) -> BTreeSet<String> {
+        let out = self.call(region, &["describe-snapshots", "--owner-ids", "self"]);
+        out["Snapshots"].as_array().unwrap().iter().map(|s| s["SnapshotId"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// Everything a cleanup must leave alone besides images: instances and launch templates.
+    fn others(&self, region: &str) -> (Value, Value) {
+        let instances = self.call(
+            region,
+            &["describe-instances", "--query", "Reservations[].Instances[].[InstanceId,ImageId,State.Name]"],
+        );
+        let templates = self.call(region, &["describe-launch-template-versions", "--launch-template-name", "workers"]);
+        (instances, templates)
+    }
+}
+
+fn factory_tags(image: &'static str) -> [(&'static str, &'static str); 4] {
+    [
+        ("managed-by", "spark-packer"),
+        ("spark-packer:image", image),
+        ("spark-packer:virtualization", "hvm"),
+        ("spark-packer:architecture", "x86_64"),
+    ]
+}
+
+fn clean(ec2: &Ec2, ami_list: &Path, extra: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.args(["clean-old-amis", "--json", "--endpoint", &ec2.endpoint]).arg("--ami-list").arg(ami_list).args(extra);
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        command.env(key, value);
+    }
+    command.output().expect("run the xtask binary")
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("--json printed no report ({e}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// Image ID -> "delete", or the reasons it is kept, joined.
+fn verdicts(report: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for region in report["regions"].as_array().unwrap() {
+        for d in region["decisions"].as_array().unwrap() {
+            let verdict = if d["delete"].as_bool().unwrap() {
+                "delete".to_string()
+            } else {
+                let reasons: Vec<&str> =
+                    d["kept_because"].as_array().unwrap().iter().map(|w| w["reason"].as_str().unwrap()).collect();
+                reasons.join("+")
+            };
+            out.insert(d["image_id"].as_str().unwrap().to_string(), verdict);
+        }
+    }
+    out
+}
+
+fn reported_snapshots(report: &Value) -> BTreeSet<String> {
+    let regions = report["regions"].as_array().unwrap();
+    regions
+        .iter()
+        .flat_map(|r| r["snapshots"].as_array().unwrap())
+        .map(|pair| pair[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every image and snapshot the account owns in both regions, and everything else.
+fn account(ec2: &Ec2) -> (BTreeSet<String>, BTreeSet<String>, Vec<(Value, Value)>) {
+    let mut images = BTreeSet::new();
+    let mut snapshots = BTreeSet::new();
+    for region in [EAST, WEST] {
+        images.extend(ec2.own_images(region).into_keys());
+        snapshots.extend(ec2.snapshots(region));
+    }
+    (images, snapshots, vec![ec2.others(EAST)])
+}
+
+#[test]
+fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let ec2 = Ec2::new(&emulator);
+    let dir = scratch("seeded");
+
+    // Batch 1, old: in us-east-1 one family (base/hvm/x86_64) with an AMI per rule.
+    let east_names = [
+        "old-1",
+        "old-2",
+        "listed",
+        "run-by-instance",
+        "in-latest-template",
+        "in-old-template-version",
+        "run-by-terminated-instance",
+        "public",
+        "foreign",
+    ];
+    let east = ec2.register(EAST, &east_names);
+    let id = |name: &str| &east[east_names.iter().position(|n| *n == name).unwrap()];
+    let east_factory: Vec<&String> = east_names.iter().filter(|n| **n != "foreign").map(|n| id(n)).collect();
+    ec2.tag(EAST, &east_factory, &factory_tags("base"));
+    // In us-west-2: its own family, an untagged AMI and one with only the managed-by tag.
+    let west_names = ["w-old-1", "w-old-2", "w-listed", "w-foreign", "w-managed-by-only"];
+    let west = ec2.register(WEST, &west_names);
+    let wid = |name: &str| &west[west_names.iter().position(|n| *n == name).unwrap()];
+    ec2.tag(WEST, &[wid("w-old-1"), wid("w-old-2"), wid("w-listed")], &factory_tags("base"));
+    ec2.tag(WEST, &[wid("w-managed-by-only")], &[("managed-by", "spark-packer")]);
+
+    let running =
+        ec2.call(EAST, &["run-instances", "--image-id", id("run-by-instance"), "--instance-type", "t3.micro"]);
+    assert_eq!(running["Instances"][0]["ImageId"], id("run-by-instance").as_str());
+    let terminated = ec2
+        .call(EAST, &["run-instances", "--image-id", id("run-by-terminated-instance"), "--instance-type", "t3.micro"]);
+    let terminated_id = terminated["Instances"][0]["InstanceId"].as_str().unwrap();
+    ec2.call(EAST, &["terminate-instances", "--instance-ids", terminated_id]);
+    // Template versions: v1 (neither default nor latest) names an AMI that may
+    // go; v2 is the default, v3 the latest, which names an AMI that must stay.
+    let template_data = |image: &str| format!("{{\"ImageId\":\"{image}\"}}");
+    ec2.call(
+        EAST,
+        &[
+            "create-launch-template",
+            "--launch-template-name",
+            "workers",
+            "--launch-template-data",
+            &template_data(id("in-old-template-version")),
+        ],
+    );
+    let source = ec2.call(EAST, &["describe-images", "--owners", "amazon", "--query", "Images[0].ImageId"]);
+    for image in [source.as_str().unwrap(), id("in-latest-template")] {
+        ec2.call(
+            EAST,
+            &[
+                "create-launch-template-version",
+                "--launch-template-name",
+                "workers",
+                "--launch-template-data",
+                &template_data(image),
+            ],
+        );
+    }
+    ec2.call(EAST, &["modify-launch-template", "--launch-template-name", "workers", "--default-version", "2"]);
+    ec2.call(EAST, &["modify-image-attribute", "--image-id", id("public"), "--launch-permission", "Add=[{Group=all}]"]);
+
+    let ami_list = dir.join("ami-list");
+    ami_list::write(&ami_list, &Cell { image: "base".into(), region: EAST.into(), slot: "hvm".into() }, id("listed"))
+        .unwrap();
+    ami_list::write(
+        &ami_list,
+        &Cell { image: "base".into(), region: WEST.into(), slot: "hvm".into() },
+        wid("w-listed"),
+    )
+    .unwrap();
+
+    // Batch 2, newer: the newest of each family, kept by --keep 1 alone.
+    thread::sleep(Duration::from_secs(2));
+    let east_newest = ec2.register(EAST, &["newest"]).remove(0);
+    let west_newest = ec2.register(WEST, &["w-newest"]).remove(0);
+    ec2.tag(EAST, &[&east_newest], &factory_tags("base"));
+    ec2.tag(WEST, &[&west_newest], &factory_tags("base"));
+
+    // Batch 3, young: two in a family of their own. One is its newest; the
+    // other is kept only because it is younger than --min-age.
+    thread::sleep(Duration::from_secs(2));
+    let young = ec2.register(EAST, &["young-1", "young-2"]);
+    ec2.tag(EAST, &young.iter().collect::<Vec<_>>(), &factory_tags("spark-3.5.3"));
+
+    // Ages as of the youngest AMI, with a minimum age that covers batch 3 only.
+    let east_images = ec2.own_images(EAST);
+    let created = |id: &String| east_images[id].0;
+    let as_of = young.iter().map(created).max().unwrap();
+    let min_age = as_of - young.iter().map(created).min().unwrap() + 1;
+    assert!(as_of - created(&east_newest) >= min_age, "batch 2 must count as old");
+    let as_of_text = project::rfc3339(as_of);
+    let min_age_text = format!("{min_age}s");
+    let args = ["--region", "us-east-1,us-west-2", "--keep", "1", "--min-age", &min_age_text, "--as-of", &as_of_text];
+
+    let mut want: BTreeMap<String, String> = BTreeMap::new();
+    for (name, verdict) in [
+        ("old-1", "delete"),
+        ("old-2", "delete"),
+        ("listed", "in-ami-list"),
+        ("run-by-instance", "in-use"),
+        ("in-latest-template", "in-use"),
+        ("in-old-template-version", "delete"),
+        ("run-by-terminated-instance", "delete"),
+        ("public", "public"),
+        ("foreign", "not-factory"),
+    ] {
+        want.insert(id(name).clone(), verdict.to_string());
+    }
+    for (name, verdict) in [
+        ("w-old-1", "delete"),
+        ("w-old-2", "delete"),
+        ("w-listed", "in-ami-list"),
+        ("w-foreign", "not-factory"),
+        ("w-managed-by-only", "not-factory"),
+    ] {
+        want.insert(wid(name).clone(), verdict.to_string());
+    }
+    want.insert(east_newest.clone(), "newest".to_string());
+    want.insert(west_newest.clone(), "newest".to_string());
+    // The tie-break is by creation time, then the greater image ID.
+    let mut by_age = young.clone();
+    by_age.sort_by_key(|id| (created(id), id.clone()));
+    want.insert(by_age[0].clone(), "young".to_string());
+    want.insert(by_age[1].clone(), "young+newest".to_string());
+
+    let doomed: BTreeSet<String> = want.iter().filter(|(_, v)| *v == "delete").map(|(k, _)| k.clone()).collect();
+    assert_eq!(doomed.len(), 6);
+    let mut doomed_snapshots = BTreeSet::new();
+    for region in [EAST, WEST] {
+        for (image, (_, snapshots)) in ec2.own_images(region) {
+            if doomed.contains(&image) {
+                assert_eq!(snapshots.len(), 1, "{image}: moto gives every image one snapshot");
+                doomed_snapshots.extend(snapshots);
+            }
+        }
+    }
+    let before = account(&ec2);
+
+    // The dry run decides, and changes nothing.
+    let dry = clean(&ec2, &ami_list, &args);
+    assert!(dry.status.success(), "dry run failed:\n{}", String::from_utf8_lossy(&dry.stderr));
+    let dry_report = report(&dry);
+    assert_eq!(dry_report["dry_run"], true);
+    assert_eq!(verdicts(&dry_report), want);
+    assert_eq!(reported_snapshots(&dry_report), doomed_snapshots);
+    assert_eq!(dry_report["summary"]["deleted"], 6);
+    assert_eq!(dry_report["summary"]["not_factory"], 3);
+    assert_eq!(
+        dry_report["summary"]["kept"],
+        serde_json::json!({"ami-list": 2, "in-use": 2, "public": 1, "young": 2, "newest": 2})
+    );
+    assert_eq!(account(&ec2), before, "the dry run changed the account");
+
+    // --yes deletes exactly those, and their snapshots, and nothing else.
+    let yes_args: Vec<&str> = args.iter().copied().chain(["--yes"]).collect();
+    let wet = clean(&ec2, &ami_list, &yes_args);
+    assert!(wet.status.success(), "--yes failed:\n{}", String::from_utf8_lossy(&wet.stderr));
+    let wet_report = report(&wet);
+    assert_eq!(verdicts(&wet_report), want);
+    let deregistered: BTreeSet<String> = wet_report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["deregistered"].as_array().unwrap())
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deregistered, doomed);
+    assert_eq!(reported_snapshots(&wet_report), doomed_snapshots);
+    let after = account(&ec2);
+    assert_eq!(after.0, before.0.difference(&doomed).cloned().collect(), "images");
+    assert_eq!(after.1, before.1.difference(&doomed_snapshots).cloned().collect(), "snapshots");
+    assert_eq!(after.2, before.2, "instances and launch templates");
+
+    // Running it again finds nothing more to do.
+    let again = report(&clean(&ec2, &ami_list, &yes_args));
+    assert_eq!(again["summary"]["deleted"], 0);
+    assert_eq!(account(&ec2), after);
+}
+
+#[test]
+fn an_error_in_one_region_does_not_stop_the_others_and_fails_the_run() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let ec2 = Ec2::new(&emulator);
+    let ami_list = scratch("region-error").join("ami-list");
+    fs::create_dir_all(&ami_list).unwrap();
+
+    let old = ec2.register(EAST, &["old"]).remove(0);
+    thread::sleep(Duration::from_millis(1100));
+    let newest = ec2.register(EAST, &["newest"]).remove(0);
+    ec2.tag(EAST, &[&old, &newest], &factory_tags("base"));
+
+    // moto answers a region it does not know with an error.
+    let output =
+        clean(&ec2, &ami_list, &["--region", "us-east-1,xx-nowhere-1", "--keep", "1", "--min-age", "0s", "--yes"]);
+    assert!(!output.status.success(), "an error in a region must fail the run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("xx-nowhere-1"), "{stderr}");
+    let report = report(&output);
+    let regions: BTreeMap<&str, &Value> =
+        report["regions"].as_array().unwrap().iter().map(|r| (r["region"].as_str().unwrap(), r)).collect();
+    assert_eq!(regions["us-east-1"]["errors"], serde_json::json!([]));
+    assert_eq!(regions["us-east-1"]["deregistered"], serde_json::json!([old]));
+    assert!(!regions["xx-nowhere-1"]["errors"].as_array().unwrap().is_empty());
+    assert_eq!(report["summary"]["errors"], 1);
+    assert_eq!(ec2.own_images(EAST).into_keys().collect::<Vec<_>>(), vec![newest]);
+}
+
+#[test]
+fn a_missing_ami_list_stops_the_run_before_anything_is_listed() {
+    // Nothing listens on the discard port: the run must stop before any call.
+    let ec2 = Ec2 { program: PathBuf::from("aws"), endpoint: "http://127.0.0.1:9".to_string() };
+    let missing = scratch("missing").join("no-such-ami-list");
+    let output = clean(&ec2, &missing, &["--yes"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not exist") && stderr.contains("--ami-list"), "{stderr}");
+}
