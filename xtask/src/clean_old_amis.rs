@@ -148,8 +148,8 @@ pub struct Policy {
     pub ami_list: Needed,
 }
 
-/// Why an AMI stays. Listed in the order the summary counts them: an AMI
-/// kept for several reasons counts under the first.
+/// Why an AMI stays, named as in the JSON. In the order the summary counts
+/// them: an AMI kept for several reasons counts under the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
@@ -168,7 +168,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::NotFactory => "not-factory",
-            Reason::InAmiList => "ami-list",
+            Reason::InAmiList => "in-ami-list",
             Reason::Public => "public",
             Reason::InUse => "in-use",
             Reason::Pending => "pending",
@@ -252,7 +252,7 @@ pub fn select(images: &[Ami], in_use: &Needed, policy: &Policy) -> Vec<Decision>
                         Some(_) => {}
                     }
                     if let Some(&(n, of)) = rank.get(ami.id.as_str()).filter(|(n, _)| *n <= policy.keep) {
-                        keep(Reason::Newest, format!("newest {n} of {of} in {family}"));
+                        keep(Reason::Newest, format!("#{n} of {of} in {family}"));
                     }
                 }
             }
@@ -339,9 +339,9 @@ pub fn parse_duration(text: &str) -> Result<u64> {
     number.checked_mul(unit_secs).with_context(|| format!("{text:?} is too long"))
 }
 
-/// A duration as its largest whole unit and the next: `2d3h`, `5m10s`.
+/// A duration as its largest whole unit and the next: `7d`, `2d3h`, `5m10s`.
 pub fn format_duration(secs: u64) -> String {
-    let units = [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
     let Some(i) = units.iter().position(|(_, size)| secs >= *size) else {
         return "0s".to_string();
     };
@@ -443,7 +443,7 @@ pub struct Summary {
     pub deleted: usize,
     pub snapshots_deleted: usize,
     /// Factory AMIs kept, counted under their first reason.
-    pub kept: BTreeMap<&'static str, usize>,
+    pub kept: BTreeMap<Reason, usize>,
     /// Own AMIs without the factory's tags: never candidates.
     pub not_factory: usize,
     pub errors: usize,
@@ -462,6 +462,9 @@ pub struct Report {
     pub regions: Vec<RegionReport>,
     pub summary: Summary,
 }
+
+/// aws CLI processes at once, across regions: well under EC2's request limits.
+const AWS_CALLS_AT_ONCE: usize = 16;
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let now = project::now_secs();
@@ -507,9 +510,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         connection.endpoint.as_deref().map(|e| format!("; EC2 at {e}")).unwrap_or_default(),
     );
     let printer = Printer::start(regions.len(), false);
-    // Each region waits on the aws CLI, not the CPU: run them all at once.
+    // Every task waits on an aws CLI process, not on this one's CPU.
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(regions.len().clamp(1, 32))
+        .num_threads(AWS_CALLS_AT_ONCE)
         .build()
         .context("start the region thread pool")?;
     let worker_state = (sh.clone(), printer.sender());
@@ -597,19 +600,28 @@ fn clean_region(
     };
     let doomed: Vec<&Decision> = report.decisions.iter().filter(|d| d.delete).collect();
     if act {
-        for decision in &doomed {
-            match aws.deregister_image(sh, region, &decision.image_id) {
-                Ok(()) => report.deregistered.push(decision.image_id.clone()),
-                Err(e) => report.errors.push(format!("deregister {}: {e:#}", decision.image_id)),
-            }
-        }
+        // Every deregistration first: a snapshot cannot go while its image exists.
+        let outcomes: Vec<Result<String, String>> = doomed
+            .par_iter()
+            .map_with(sh.clone(), |sh, decision| {
+                let id = &decision.image_id;
+                aws.deregister_image(sh, region, id).map(|()| id.clone()).map_err(|e| format!("deregister {id}: {e:#}"))
+            })
+            .collect();
+        let (gone, failed) = split(outcomes);
+        report.deregistered = gone;
+        report.errors.extend(failed);
         let gone: BTreeSet<String> = report.deregistered.iter().cloned().collect();
-        for (snapshot, image) in snapshots_to_delete(&images, &gone) {
-            match aws.delete_snapshot(sh, region, &snapshot) {
-                Ok(()) => report.snapshots.push((snapshot, image)),
-                Err(e) => report.errors.push(format!("delete snapshot {snapshot} of {image}: {e:#}")),
-            }
-        }
+        let outcomes: Vec<Result<(String, String), String>> = snapshots_to_delete(&images, &gone)
+            .into_par_iter()
+            .map_with(sh.clone(), |sh, (snapshot, image)| match aws.delete_snapshot(sh, region, &snapshot) {
+                Ok(()) => Ok((snapshot, image)),
+                Err(e) => Err(format!("delete snapshot {snapshot} of {image}: {e:#}")),
+            })
+            .collect();
+        let (deleted, failed) = split(outcomes);
+        report.snapshots = deleted;
+        report.errors.extend(failed);
     } else {
         let would_go: BTreeSet<String> = doomed.iter().map(|d| d.image_id.clone()).collect();
         report.snapshots = snapshots_to_delete(&images, &would_go);
@@ -629,15 +641,31 @@ fn clean_region(
 }
 
 fn list_region(sh: &Shell, aws: &Aws, region: &str, policy: &Policy) -> Result<(Vec<Ami>, Needed)> {
-    let images = aws.own_images_with_snapshots(sh, region).with_context(|| format!("list images in {region}"))?;
-    let images: Vec<Ami> = images.iter().map(|i| Ami::from_aws(region, i)).collect();
-    if policy.include_in_use || !images.iter().any(|i| i.family().is_some()) {
-        return Ok((images, BTreeMap::new()));
-    }
-    let instances = aws.instance_images(sh, region).with_context(|| format!("list instances in {region}"))?;
-    let templates =
-        aws.launch_template_images(sh, region).with_context(|| format!("list launch templates in {region}"))?;
-    Ok((images, usage(&instances, &templates)))
+    // Three independent calls, each mostly the aws CLI starting up: make them at once.
+    // A Shell is Send but not Sync, so each call gets its own.
+    let [sh1, sh2, sh3] = [sh.clone(), sh.clone(), sh.clone()];
+    let (images, (instances, templates)) = rayon::join(
+        move || aws.own_images_with_snapshots(&sh1, region).with_context(|| format!("list images in {region}")),
+        move || {
+            if policy.include_in_use {
+                return (Ok(Vec::new()), Ok(Vec::new()));
+            }
+            rayon::join(
+                move || aws.instance_images(&sh2, region).with_context(|| format!("list instances in {region}")),
+                move || {
+                    aws.launch_template_images(&sh3, region)
+                        .with_context(|| format!("list launch templates in {region}"))
+                },
+            )
+        },
+    );
+    let images: Vec<Ami> = images?.iter().map(|i| Ami::from_aws(region, i)).collect();
+    Ok((images, usage(&instances?, &templates?)))
+}
+
+fn split<T>(outcomes: Vec<Result<T, String>>) -> (Vec<T>, Vec<String>) {
+    let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(Result::is_ok);
+    (ok.into_iter().flatten().collect(), failed.into_iter().filter_map(Result::err).collect())
 }
 
 fn summarize(reports: &[RegionReport], act: bool) -> Summary {
@@ -651,7 +679,7 @@ fn summarize(reports: &[RegionReport], act: bool) -> Summary {
             match decision.kept_because.first().map(|w| w.reason) {
                 None => {}
                 Some(Reason::NotFactory) => summary.not_factory += 1,
-                Some(reason) => *summary.kept.entry(reason.label()).or_default() += 1,
+                Some(reason) => *summary.kept.entry(reason).or_default() += 1,
             }
         }
     }
@@ -665,7 +693,7 @@ pub fn render(report: &Report) -> String {
     for region in &report.regions {
         for d in region.decisions.iter().filter(|d| !d.kept_because.iter().any(|w| w.reason == Reason::NotFactory)) {
             let why = if d.delete {
-                format!("older than {}, not among the newest {}, unused", report.min_age, report.keep)
+                format!("older than {}, not among the newest {}, nothing else keeps it", report.min_age, report.keep)
             } else {
                 d.kept_because
                     .iter()
@@ -703,7 +731,7 @@ pub fn render(report: &Report) -> String {
         }
     }
     let s = &report.summary;
-    let kept: Vec<String> = s.kept.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+    let kept: Vec<String> = s.kept.iter().map(|(reason, n)| format!("{} {n}", reason.label())).collect();
     out.push_str(&format!(
         "{}: {} AMIs and {} snapshots {}; kept {} ({}); {} untagged AMIs never touched; {} errors\n",
         if report.dry_run { "dry run" } else { "done" },
@@ -988,7 +1016,7 @@ mod tests {
         }
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(59), "59s");
-        assert_eq!(format_duration(7 * DAY), "1w");
+        assert_eq!(format_duration(7 * DAY), "7d");
         assert_eq!(format_duration(DAY + 3 * 3600 + 5), "1d3h");
         assert_eq!(format_duration(310), "5m10s");
     }
@@ -1006,6 +1034,48 @@ mod tests {
         for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T25:00:00Z", "yesterday"] {
             assert!(parse_time(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_table_says_what_goes_and_why_the_rest_stays() {
+        let mut foreign = factory("ami-foreign", 90);
+        foreign.tags.clear();
+        let images =
+            [factory("ami-old", 30), factory("ami-mid", 20), factory("ami-new", 10), factory("ami-young", 1), foreign];
+        let policy =
+            Policy { ami_list: BTreeMap::from([("ami-mid".into(), vec!["base/us-east-1/hvm".into()])]), ..policy() };
+        let decisions = select(&images, &BTreeMap::new(), &policy);
+        let snapshots = snapshots_to_delete(&images, &BTreeSet::from(["ami-old".to_string()]));
+        let regions = vec![RegionReport {
+            region: "us-east-1".into(),
+            decisions,
+            deregistered: Vec::new(),
+            snapshots,
+            errors: Vec::new(),
+        }];
+        let report = Report {
+            dry_run: true,
+            as_of: project::rfc3339(NOW),
+            min_age: "7d".into(),
+            keep: 2,
+            include_in_use: false,
+            include_public: false,
+            ami_list: "ami-list".into(),
+            endpoint: None,
+            summary: summarize(&regions, false),
+            regions,
+        };
+        expect_test::expect![[r#"
+            REGION     AMI        FAMILY                     CREATED               ACTION        WHY
+            us-east-1  ami-young  base/hvm/x86_64/us-east-1  2026-11-24T00:28:29Z  keep          young: 1d old, under the minimum age; newest: #1 of 4 in base/hvm/x86_64/us-east-1
+            us-east-1  ami-new    base/hvm/x86_64/us-east-1  2026-11-15T00:28:29Z  keep          newest: #2 of 4 in base/hvm/x86_64/us-east-1
+            us-east-1  ami-mid    base/hvm/x86_64/us-east-1  2026-11-05T00:28:29Z  keep          in-ami-list: base/us-east-1/hvm
+            us-east-1  ami-old    base/hvm/x86_64/us-east-1  2026-10-26T00:28:29Z  would delete  older than 7d, not among the newest 2, nothing else keeps it
+            would delete snapshot snap-ami-old of ami-old in us-east-1
+            dry run: 1 AMIs and 1 snapshots would be deleted; kept 3 (in-ami-list 1, young 1, newest 1); 1 untagged AMIs never touched; 0 errors
+            nothing was changed: run again with --yes to delete them
+        "#]]
+        .assert_eq(&render(&report));
     }
 
     fn fixture(name: &str) -> String {

@@ -110,12 +110,13 @@ impl Ec2 {
 
     /// Everything a cleanup must leave alone besides images: instances and launch templates.
     fn others(&self, region: &str) -> (Value, Value) {
-        let instances = self.call(
-            region,
-            &["describe-instances", "--query", "Reservations[].Instances[].[InstanceId,ImageId,State.Name]"],
-        );
-        let templates = self.call(region, &["describe-launch-template-versions", "--launch-template-name", "workers"]);
-        (instances, templates)
+        thread::scope(|scope| {
+            let query = "Reservations[].Instances[].[InstanceId,ImageId,State.Name]";
+            let instances = scope.spawn(|| self.call(region, &["describe-instances", "--query", query]));
+            let templates =
+                self.call(region, &["describe-launch-template-versions", "--launch-template-name", "workers"]);
+            (instances.join().unwrap(), templates)
+        })
     }
 }
 
@@ -170,15 +171,29 @@ fn reported_snapshots(report: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every image and snapshot the account owns in both regions, and everything else.
-fn account(ec2: &Ec2) -> (BTreeSet<String>, BTreeSet<String>, Vec<(Value, Value)>) {
-    let mut images = BTreeSet::new();
-    let mut snapshots = BTreeSet::new();
-    for region in [EAST, WEST] {
-        images.extend(ec2.own_images(region).into_keys());
-        snapshots.extend(ec2.snapshots(region));
-    }
-    (images, snapshots, vec![ec2.others(EAST)])
+/// Every image and snapshot the account owns in both regions, and everything
+/// else (instances, launch templates). The calls run at once: each is mostly
+/// the aws CLI starting up.
+fn account(ec2: &Ec2) -> Account {
+    thread::scope(|scope| {
+        let images = [EAST, WEST].map(|region| scope.spawn(move || ec2.own_images(region)));
+        let snapshots = [EAST, WEST].map(|region| scope.spawn(move || ec2.snapshots(region)));
+        let others = ec2.others(EAST);
+        Account {
+            images: images.into_iter().flat_map(|h| h.join().unwrap()).collect(),
+            snapshots: snapshots.into_iter().flat_map(|h| h.join().unwrap()).collect(),
+            others,
+        }
+    })
+}
+
+#[derive(Debug, PartialEq)]
+struct Account {
+    /// Image ID -> (creation time, snapshot IDs).
+    images: BTreeMap<String, (u64, Vec<String>)>,
+    snapshots: BTreeSet<String>,
+    /// Instances and launch template versions.
+    others: (Value, Value),
 }
 
 #[test]
@@ -259,10 +274,15 @@ fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
 
     // Batch 2, newer: the newest of each family, kept by --keep 1 alone.
     thread::sleep(Duration::from_secs(2));
-    let east_newest = ec2.register(EAST, &["newest"]).remove(0);
-    let west_newest = ec2.register(WEST, &["w-newest"]).remove(0);
-    ec2.tag(EAST, &[&east_newest], &factory_tags("base"));
-    ec2.tag(WEST, &[&west_newest], &factory_tags("base"));
+    let (east_newest, west_newest) = thread::scope(|scope| {
+        let register_and_tag = |region, name| {
+            let id = ec2.register(region, &[name]).remove(0);
+            ec2.tag(region, &[&id], &factory_tags("base"));
+            id
+        };
+        let west = scope.spawn(move || register_and_tag(WEST, "w-newest"));
+        (register_and_tag(EAST, "newest"), west.join().unwrap())
+    });
 
     // Batch 3, young: two in a family of their own. One is its newest; the
     // other is kept only because it is younger than --min-age.
@@ -271,8 +291,8 @@ fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
     ec2.tag(EAST, &young.iter().collect::<Vec<_>>(), &factory_tags("spark-3.5.3"));
 
     // Ages as of the youngest AMI, with a minimum age that covers batch 3 only.
-    let east_images = ec2.own_images(EAST);
-    let created = |id: &String| east_images[id].0;
+    let before = account(&ec2);
+    let created = |id: &String| before.images[id].0;
     let as_of = young.iter().map(created).max().unwrap();
     let min_age = as_of - young.iter().map(created).min().unwrap() + 1;
     assert!(as_of - created(&east_newest) >= min_age, "batch 2 must count as old");
@@ -313,16 +333,8 @@ fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
 
     let doomed: BTreeSet<String> = want.iter().filter(|(_, v)| *v == "delete").map(|(k, _)| k.clone()).collect();
     assert_eq!(doomed.len(), 6);
-    let mut doomed_snapshots = BTreeSet::new();
-    for region in [EAST, WEST] {
-        for (image, (_, snapshots)) in ec2.own_images(region) {
-            if doomed.contains(&image) {
-                assert_eq!(snapshots.len(), 1, "{image}: moto gives every image one snapshot");
-                doomed_snapshots.extend(snapshots);
-            }
-        }
-    }
-    let before = account(&ec2);
+    let doomed_snapshots: BTreeSet<String> = doomed.iter().flat_map(|id| before.images[id].1.clone()).collect();
+    assert_eq!(doomed_snapshots.len(), 6, "moto gives every image one snapshot");
 
     // The dry run decides, and changes nothing.
     let dry = clean(&ec2, &ami_list, &args);
@@ -335,7 +347,7 @@ fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
     assert_eq!(dry_report["summary"]["not_factory"], 3);
     assert_eq!(
         dry_report["summary"]["kept"],
-        serde_json::json!({"ami-list": 2, "in-use": 2, "public": 1, "young": 2, "newest": 2})
+        serde_json::json!({"in-ami-list": 2, "in-use": 2, "public": 1, "young": 2, "newest": 2})
     );
     assert_eq!(account(&ec2), before, "the dry run changed the account");
 
@@ -355,14 +367,10 @@ fn deletes_exactly_the_superseded_factory_amis_and_their_snapshots() {
     assert_eq!(deregistered, doomed);
     assert_eq!(reported_snapshots(&wet_report), doomed_snapshots);
     let after = account(&ec2);
-    assert_eq!(after.0, before.0.difference(&doomed).cloned().collect(), "images");
-    assert_eq!(after.1, before.1.difference(&doomed_snapshots).cloned().collect(), "snapshots");
-    assert_eq!(after.2, before.2, "instances and launch templates");
-
-    // Running it again finds nothing more to do.
-    let again = report(&clean(&ec2, &ami_list, &yes_args));
-    assert_eq!(again["summary"]["deleted"], 0);
-    assert_eq!(account(&ec2), after);
+    let kept_images: BTreeSet<&String> = before.images.keys().filter(|id| !doomed.contains(*id)).collect();
+    assert_eq!(after.images.keys().collect::<BTreeSet<_>>(), kept_images, "images");
+    assert_eq!(after.snapshots, before.snapshots.difference(&doomed_snapshots).cloned().collect(), "snapshots");
+    assert_eq!(after.others, before.others, "instances and launch templates");
 }
 
 #[test]
