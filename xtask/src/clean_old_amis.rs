@@ -46,7 +46,7 @@ pub struct Args {
     pub region: Vec<String>,
 
     /// Keep this many newest AMIs per family (image x virt x arch x region),
-    /// whatever their age: the current build and a rollback.
+    /// whatever their age: the current build and a rollback. At least 1.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
 
@@ -158,7 +158,7 @@ pub enum Reason {
     InAmiList,
     Public,
     InUse,
-    /// Still being made (state pending).
+    /// Still being made (state pending or transient).
     Pending,
     Young,
     Newest,
@@ -240,8 +240,8 @@ pub fn select(images: &[Ami], in_use: &Needed, policy: &Policy) -> Vec<Decision>
                     if let Some(users) = in_use.get(&ami.id).filter(|_| !policy.include_in_use) {
                         keep(Reason::InUse, users.join(", "));
                     }
-                    if ami.state == "pending" {
-                        keep(Reason::Pending, "still being made".to_string());
+                    if ["pending", "transient"].contains(&ami.state.as_str()) {
+                        keep(Reason::Pending, format!("{}: still being made", ami.state));
                     }
                     match ami.created {
                         None => keep(Reason::Young, "creation date unknown".to_string()),
@@ -432,9 +432,21 @@ pub struct RegionReport {
     pub decisions: Vec<Decision>,
     /// AMIs deregistered (with --yes).
     pub deregistered: Vec<String>,
-    /// Snapshots deleted with --yes, or that would be without it: (snapshot, its AMI).
-    pub snapshots: Vec<(String, String)>,
+    /// Snapshots deleted with --yes, or that would be without it.
+    pub snapshots: Vec<SnapshotOf>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotOf {
+    pub snapshot_id: String,
+    pub image_id: String,
+}
+
+impl From<(String, String)> for SnapshotOf {
+    fn from((snapshot_id, image_id): (String, String)) -> SnapshotOf {
+        SnapshotOf { snapshot_id, image_id }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -488,7 +500,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
             ami_list_root.display()
         );
     };
-    let regions = if args.region.is_empty() { default_regions(listed_regions)? } else { args.region.clone() };
+    let regions = if args.region.is_empty() {
+        default_regions(listed_regions)?
+    } else {
+        let mut seen = BTreeSet::new();
+        args.region.iter().filter(|r| seen.insert(r.as_str())).cloned().collect()
+    };
     let policy = Policy {
         keep: args.keep as usize,
         min_age_secs: args.min_age,
@@ -545,7 +562,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     }
     let failed: Vec<&str> = report.regions.iter().filter(|r| !r.errors.is_empty()).map(|r| r.region.as_str()).collect();
     if !failed.is_empty() {
-        bail!("{} errors in {}; the other regions were cleaned as shown", report.summary.errors, failed.join(", "));
+        bail!("{} errors in {}, listed above; every other region went ahead", report.summary.errors, failed.join(", "));
     }
     Ok(())
 }
@@ -594,7 +611,7 @@ fn clean_region(
         Err(e) => {
             let error = format!("{e:#}");
             report.errors.push(error.clone());
-            send(Event::Failed { build: region.to_string(), error, log: "nothing was deleted here".into() });
+            send(Event::Failed { build: region.to_string(), error, log: "nothing deleted in this region".into() });
             return report;
         }
     };
@@ -612,10 +629,10 @@ fn clean_region(
         report.deregistered = gone;
         report.errors.extend(failed);
         let gone: BTreeSet<String> = report.deregistered.iter().cloned().collect();
-        let outcomes: Vec<Result<(String, String), String>> = snapshots_to_delete(&images, &gone)
+        let outcomes: Vec<Result<SnapshotOf, String>> = snapshots_to_delete(&images, &gone)
             .into_par_iter()
             .map_with(sh.clone(), |sh, (snapshot, image)| match aws.delete_snapshot(sh, region, &snapshot) {
-                Ok(()) => Ok((snapshot, image)),
+                Ok(()) => Ok((snapshot, image).into()),
                 Err(e) => Err(format!("delete snapshot {snapshot} of {image}: {e:#}")),
             })
             .collect();
@@ -624,7 +641,7 @@ fn clean_region(
         report.errors.extend(failed);
     } else {
         let would_go: BTreeSet<String> = doomed.iter().map(|d| d.image_id.clone()).collect();
-        report.snapshots = snapshots_to_delete(&images, &would_go);
+        report.snapshots = snapshots_to_delete(&images, &would_go).into_iter().map(SnapshotOf::from).collect();
     }
     let verb = if act { "deleted" } else { "would delete" };
     let deleted = if act { report.deregistered.len() } else { doomed.len() };
@@ -722,7 +739,7 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
     }
     for region in &report.regions {
-        for (snapshot, image) in &region.snapshots {
+        for SnapshotOf { snapshot_id: snapshot, image_id: image } in &region.snapshots {
             let verb = if report.dry_run { "would delete" } else { "deleted" };
             out.push_str(&format!("{verb} snapshot {snapshot} of {image} in {}\n", region.region));
         }
@@ -927,6 +944,9 @@ mod tests {
     fn pending_amis_are_kept_and_do_not_count_as_newest() {
         let mut pending = factory("pending", 30);
         pending.state = "pending".into();
+        let mut transient = factory("transient", 50);
+        transient.state = "transient".into();
+        assert_eq!(outcome(&[transient], &BTreeMap::new(), &policy())["transient"], "pending");
         let mut failed = factory("failed", 1);
         failed.state = "failed".into();
         let images = [pending, failed, factory("a", 20), factory("b", 25), factory("c", 40)];
@@ -1050,7 +1070,7 @@ mod tests {
             region: "us-east-1".into(),
             decisions,
             deregistered: Vec::new(),
-            snapshots,
+            snapshots: snapshots.into_iter().map(SnapshotOf::from).collect(),
             errors: Vec::new(),
         }];
         let report = Report {

@@ -167,7 +167,7 @@ fn reported_snapshots(report: &Value) -> BTreeSet<String> {
     regions
         .iter()
         .flat_map(|r| r["snapshots"].as_array().unwrap())
-        .map(|pair| pair[0].as_str().unwrap().to_string())
+        .map(|snapshot| snapshot["snapshot_id"].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -402,13 +402,24 @@ fn an_error_in_one_region_does_not_stop_the_others_and_fails_the_run() {
     assert_eq!(ec2.own_images(EAST).into_keys().collect::<Vec<_>>(), vec![newest]);
 }
 
+/// Settings that could delete more than asked stop the run before any call.
 #[test]
-fn a_missing_ami_list_stops_the_run_before_anything_is_listed() {
-    // Nothing listens on the discard port: the run must stop before any call.
+fn unsafe_settings_stop_the_run_before_anything_is_listed() {
+    // Nothing listens on the discard port: a call would fail differently.
     let ec2 = Ec2 { program: PathBuf::from("aws"), endpoint: "http://127.0.0.1:9".to_string() };
-    let missing = scratch("missing").join("no-such-ami-list");
-    let output = clean(&ec2, &missing, &["--yes"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("does not exist") && stderr.contains("--ami-list"), "{stderr}");
+    let dir = scratch("unsafe");
+    let ami_list = dir.join("ami-list");
+    fs::create_dir_all(&ami_list).unwrap();
+    let cases: [(&[&str], &Path, &str); 3] = [
+        (&["--yes"], &dir.join("no-such-ami-list"), "does not exist"),
+        (&["--yes", "--as-of", "2999-01-01T00:00:00Z"], &ami_list, "is in the future"),
+        (&["--yes", "--keep", "0"], &ami_list, "--keep"),
+    ];
+    for (args, ami_list, message) in cases {
+        let output = clean(&ec2, ami_list, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} ran");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("listing images"), "{args:?} reached EC2: {stderr}");
+    }
 }
