@@ -10,7 +10,7 @@ shift
 
 pids=()
 for var_file in "$@"; do
-  packer build -machine-readable -color=false -var-file="$var_file" "$template" \
+  packer build -machine-readable -color=false -only=amazon-ebs.api_only -var-file="$var_file" "$template" \
     >"${var_file%.pkrvars.json}.log" 2>&1 &
   pids+=("$!")
 done

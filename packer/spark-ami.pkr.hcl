@@ -1,6 +1,12 @@
 # One cell of the matrix: one launch in var.region, copied to var.copy_regions.
 # `cargo xtask build-amis` writes the variables from packer/matrix.json; the
 # same template serves real AWS and the local EC2 emulator.
+#
+# Two builds of the one source; pick one with -only (build-amis does):
+#   -only=amazon-ebs.provisioned  runs scripts/ over SSH, smoke test last;
+#   -only=amazon-ebs.api_only     communicator "none": launch, snapshot,
+#                                 register, no provisioning (Packer cannot
+#                                 run provisioners without a communicator).
 packer {
   required_version = ">= 1.6.6"
 }
@@ -73,10 +79,72 @@ variable "skip_aws_validation" {
 variable "communicator" {
   type        = string
   default     = "ssh"
-  description = "ssh provisions the instance; none makes an API-only build."
+  description = "The provisioned build's communicator (ssh). The api_only build always uses none."
+}
+variable "ssh_username" {
+  type        = string
+  default     = "ec2-user"
+  description = "Login user: ec2-user on Amazon Linux (scripts run with sudo); root on the local instance."
+}
+variable "ssh_host" {
+  type        = string
+  default     = ""
+  description = "Empty: the instance's address. The local sandbox sets 127.0.0.1."
+}
+variable "ssh_port" {
+  type    = number
+  default = 22
+}
+variable "ssh_private_key_file" {
+  type        = string
+  default     = ""
+  description = "Empty: Packer makes a temporary key pair. The local sandbox sets its own key."
+}
+variable "ssh_keypair_name" {
+  type        = string
+  default     = ""
+  description = "The EC2 key pair of ssh_private_key_file (imported into the emulator locally)."
+}
+variable "spark_hadoop_build" {
+  type    = string
+  default = "hadoop3"
+}
+variable "spark_mirror" {
+  type        = string
+  default     = "https://archive.apache.org/dist/spark"
+  description = "Base URL laid out like Apache's archive: <mirror>/spark-<v>/spark-<v>-bin-<hadoop>.tgz"
+}
+variable "spark_sha512" {
+  type        = string
+  default     = ""
+  description = "The SHA-512 the tarball must have; spark.sh refuses anything else."
+}
+variable "spark_sha512_source" {
+  type        = string
+  default     = "packer/matrix.json (Apache)"
+  description = "Where spark_sha512 comes from, said in the build log."
+}
+variable "smoke_test" {
+  type        = bool
+  default     = true
+  description = "Run scripts/smoke-test.sh last on Spark images. Off only for debugging."
 }
 
 locals {
+  # The provisioners in order: base always; Spark and its smoke test on Spark images.
+  has_spark = var.spark_version != "none"
+  steps = concat(
+    ["base.sh"],
+    local.has_spark ? ["spark.sh"] : [],
+    local.has_spark && var.smoke_test ? ["smoke-test.sh"] : [],
+  )
+  smoke_test_off = local.has_spark && ! var.smoke_test ? [
+    "echo 'spark-packer: WARNING: smoke test OFF (debugging): this image was never shown to run Spark'"
+  ] : []
+  # Amazon Linux logs in as ec2-user: the scripts need root.
+  execute_command = var.ssh_username == "root" ? "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}" : "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
+  scripts_dir     = "/tmp/spark-packer"
+
   factory_tags = {
     "managed-by"                  = "spark-packer"
     "spark-packer:image"          = var.image
@@ -97,7 +165,6 @@ source "amazon-ebs" "ami" {
   instance_type              = var.instance_type
   ami_name                   = "spark-packer-${var.build_name}-${var.run_id}"
   ami_description            = "spark-packer ${var.image} (${var.virt}, ${var.arch}), run ${var.run_id}"
-  communicator               = var.communicator
   custom_endpoint_ec2        = var.endpoint_ec2
   skip_credential_validation = var.skip_aws_validation
   skip_region_validation     = var.skip_aws_validation
@@ -122,5 +189,48 @@ source "amazon-ebs" "ami" {
 }
 
 build {
-  sources = ["source.amazon-ebs.ami"]
+  source "source.amazon-ebs.ami" {
+    name         = "api_only"
+    communicator = "none"
+  }
+
+  source "source.amazon-ebs.ami" {
+    name                 = "provisioned"
+    communicator         = var.communicator
+    ssh_username         = var.ssh_username
+    ssh_host             = var.ssh_host
+    ssh_port             = var.ssh_port
+    ssh_private_key_file = var.ssh_private_key_file
+    ssh_keypair_name     = var.ssh_keypair_name
+    ssh_timeout          = "10m"
+  }
+
+  provisioner "shell" {
+    only            = ["amazon-ebs.provisioned"]
+    execute_command = local.execute_command
+    inline          = ["mkdir -p ${local.scripts_dir}", "chmod 0777 ${local.scripts_dir}"]
+  }
+
+  provisioner "file" {
+    only        = ["amazon-ebs.provisioned"]
+    source      = "${path.root}/../scripts/"
+    destination = "${local.scripts_dir}/"
+  }
+
+  provisioner "shell" {
+    only            = ["amazon-ebs.provisioned"]
+    execute_command = local.execute_command
+    environment_vars = [
+      "SPARK_VERSION=${var.spark_version}",
+      "SPARK_HADOOP_BUILD=${var.spark_hadoop_build}",
+      "SPARK_MIRROR=${var.spark_mirror}",
+      "SPARK_SHA512=${var.spark_sha512}",
+      "SPARK_SHA512_SOURCE=${var.spark_sha512_source}",
+    ]
+    inline = concat(
+      local.smoke_test_off,
+      [for step in local.steps : "bash ${local.scripts_dir}/${step}"],
+      ["rm -rf ${local.scripts_dir}"],
+    )
+  }
 }

@@ -16,8 +16,9 @@ use xshell::Shell;
 
 use crate::{
     ami_list::{self, Cell},
-    endpoint::EndpointArgs,
-    matrix::{Build, Filters, Matrix, Strategy},
+    endpoint::{Connection, EndpointArgs},
+    local,
+    matrix::{Build, Filters, Matrix, Spark, Strategy},
     packer,
     progress::{Event, Printer},
     project,
@@ -76,6 +77,23 @@ pub struct Args {
     #[arg(long)]
     pub no_provision: bool,
 
+    /// Debugging only: do not run the Spark smoke test. The run says so
+    /// loudly, and its Spark AMIs were never shown to run Spark.
+    #[arg(long)]
+    pub skip_smoke_test: bool,
+
+    /// Where spark.sh downloads Spark, laid out like Apache's archive
+    /// (<URL>/spark-<v>/spark-<v>-bin-<hadoop>.tgz). Default: Apache's
+    /// archive; with --local, a mirror built from the pyspark sdist on PyPI
+    /// and served on 127.0.0.1.
+    #[arg(long, value_name = "URL")]
+    pub spark_mirror: Option<String>,
+
+    /// With --local: serve this directory as the Spark mirror instead of the
+    /// one built from PyPI, with the SHA-512s of its .sha512 files (for tests).
+    #[arg(long, value_name = "DIR", requires = "local", conflicts_with = "spark_mirror")]
+    pub local_spark_mirror: Option<PathBuf>,
+
     /// Read the matrix from this file instead of packer/matrix.json, e.g.
     /// to try another Spark version or source image before checking it in.
     #[arg(long, value_name = "FILE")]
@@ -115,6 +133,10 @@ pub struct BuildResult {
     pub log: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the provisioners left out on purpose (`spark-packer: NOTE:`
+    /// lines), e.g. Ganglia where the OS does not package it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -132,6 +154,11 @@ pub struct Report {
     pub preset: String,
     pub strategy: Strategy,
     pub provisioned: bool,
+    /// False only when --skip-smoke-test turned the Spark smoke test off.
+    pub smoke_test: bool,
+    /// Image -> where its Spark tarball and the SHA-512 it was checked against came from.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spark_sources: BTreeMap<String, SparkSource>,
     pub endpoint: Option<String>,
     pub ami_list: String,
     pub git_commit: String,
@@ -167,19 +194,29 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         return print_plan(&builds, &ami_list_root, args.json);
     }
 
-    // The local sandbox provisions once its local instance exists (issue 3);
-    // until then it builds API-only. Elsewhere an unprovisioned AMI must be asked for.
-    let provision = !args.no_provision && !args.endpoint.local;
-    if provision {
+    let provision = !args.no_provision;
+    if provision && args.endpoint.is_emulator() && !args.endpoint.local {
         bail!(
-            "provisioned builds need the provisioners, which are not written yet: \
-             pass --no-provision for API-only AMIs (unmodified copies of the source image)"
+            "provisioned builds against an emulator need an instance to SSH into: use --local, which \
+             provides one, or --no-provision for API-only AMIs"
         );
+    }
+    if provision && !args.endpoint.local && args.spark_mirror.is_none() {
+        check_spark_pins(&builds)?;
     }
 
     let version = packer::check_installed(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
+    let provisioning = if provision { Some(Provisioning::prepare(sh, args, &builds, &connection)?) } else { None };
+    if let Some(p) = &provisioning {
+        for (image, source) in &p.spark_sources {
+            eprintln!("{image}: Spark from {}, SHA-512 from {}", source.url, source.sha512_source);
+        }
+        if !p.smoke_test {
+            eprintln!("{SMOKE_TEST_OFF}");
+        }
+    }
 
     let started = project::now_secs();
     let run_id = project::run_id(started, std::process::id());
@@ -211,8 +248,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         .build()
         .context("start the build thread pool")?;
     let worker_state = (sh.clone(), printer.sender());
+    let provisioning = provisioning.as_ref();
     let results: Vec<BuildResult> = pool.install(|| {
-        builds.par_iter().map_with(worker_state, |(sh, events), build| run_build(sh, &run, build, events)).collect()
+        builds
+            .par_iter()
+            .map_with(worker_state, |(sh, events), build| run_build(sh, &run, provisioning, build, events))
+            .collect()
     });
     printer.finish();
 
@@ -223,6 +264,8 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         preset: args.preset.clone(),
         strategy: args.strategy,
         provisioned: provision,
+        smoke_test: provisioning.is_none_or(|p| p.smoke_test),
+        spark_sources: provisioning.map(|p| p.spark_sources.clone()).unwrap_or_default(),
         endpoint: connection.endpoint.clone(),
         ami_list: display(&ami_list_root),
         git_commit: run.git_commit.clone(),
@@ -257,6 +300,168 @@ pub struct Run {
     pub ami_list: PathBuf,
 }
 
+const SMOKE_TEST_OFF: &str = "WARNING: --skip-smoke-test: the Spark smoke test is OFF. \
+     These images were never shown to run Spark; use this only to debug the provisioners.";
+
+const APACHE_ARCHIVE: &str = "https://archive.apache.org/dist/spark";
+
+/// Where one image's Spark comes from, and what its checksum is checked against.
+#[derive(Debug, Clone, Serialize)]
+pub struct SparkSource {
+    pub url: String,
+    pub sha512: String,
+    /// Said in the build log: the matrix's Apache pin, or the local mirror's own.
+    pub sha512_source: String,
+}
+
+/// What provisioned builds share: SSH settings, the Spark sources and, in
+/// the sandbox, the local instances' rootfs, key and Spark mirror.
+pub struct Provisioning {
+    pub smoke_test: bool,
+    pub ssh_username: String,
+    pub spark_mirror: String,
+    pub spark_sources: BTreeMap<String, SparkSource>,
+    local: Option<LocalInstances>,
+}
+
+struct LocalInstances {
+    rootfs: PathBuf,
+    key: local::instance::SshKey,
+    _mirror: Option<local::mirror::MirrorServer>,
+}
+
+impl Provisioning {
+    fn prepare(sh: &Shell, args: &Args, builds: &[Build], connection: &Connection) -> Result<Provisioning> {
+        let spark_images: BTreeMap<&str, &Spark> =
+            builds.iter().filter_map(|b| Some((b.image.name.as_str(), b.image.spark.as_ref()?))).collect();
+        if !args.endpoint.local {
+            let spark_mirror = args.spark_mirror.clone().unwrap_or_else(|| APACHE_ARCHIVE.to_string());
+            let spark_sources = spark_images
+                .iter()
+                .map(|(image, spark)| {
+                    let source = SparkSource {
+                        url: spark_url(&spark_mirror, spark),
+                        sha512: spark.sha512.clone(),
+                        sha512_source: "packer/matrix.json (Apache's SHA-512)".to_string(),
+                    };
+                    (image.to_string(), source)
+                })
+                .collect();
+            return Ok(Provisioning {
+                smoke_test: !args.skip_smoke_test,
+                ssh_username: "ec2-user".to_string(),
+                spark_mirror,
+                spark_sources,
+                local: None,
+            });
+        }
+
+        local::instance::require_root(sh)?;
+        local::instance::sweep_stale_instances(sh);
+        eprintln!("local instance: preparing the Debian rootfs (debootstrap and updates, once)");
+        let rootfs = local::instance::ensure_rootfs(sh)?;
+        let key = local::instance::ensure_ssh_key(sh)?;
+        let regions: std::collections::BTreeSet<&str> = builds.iter().map(|b| b.region.as_str()).collect();
+        for region in regions {
+            local::instance::import_key_pair(sh, &connection.aws, region, &key)?;
+        }
+
+        let venv = local::ensure_venv(sh)?;
+        let (mirror_dir, label) = match &args.local_spark_mirror {
+            Some(dir) => (dir.clone(), format!("the .sha512 files of {} (not Apache's)", dir.display())),
+            None => {
+                for spark in spark_images.values() {
+                    eprintln!(
+                        "local Spark mirror: spark-{}-bin-{} (built from the pyspark sdist, once)",
+                        spark.version, spark.hadoop_build
+                    );
+                    local::mirror::ensure_spark(sh, &venv, &spark.version, &spark.hadoop_build)?;
+                }
+                (
+                    local::mirror::mirror_dir(),
+                    "the local mirror's .sha512 (repackaged from the pyspark sdist; not Apache's)".to_string(),
+                )
+            }
+        };
+        let (spark_mirror, mirror) = match &args.spark_mirror {
+            Some(url) => (url.clone(), None),
+            None => {
+                let server = local::mirror::MirrorServer::start(&venv, &mirror_dir)?;
+                (server.url.clone(), Some(server))
+            }
+        };
+        let mut spark_sources = BTreeMap::new();
+        for (image, spark) in &spark_images {
+            let (sha512, sha512_source) = if args.spark_mirror.is_some() {
+                (spark.sha512.clone(), "packer/matrix.json (Apache's SHA-512)".to_string())
+            } else {
+                let sha512 = local::mirror::published_sha512(&mirror_dir, &spark.version, &spark.hadoop_build)
+                    .with_context(|| format!("the local Spark mirror for {image}"))?;
+                (sha512, label.clone())
+            };
+            spark_sources
+                .insert(image.to_string(), SparkSource { url: spark_url(&spark_mirror, spark), sha512, sha512_source });
+        }
+        Ok(Provisioning {
+            smoke_test: !args.skip_smoke_test,
+            ssh_username: "root".to_string(),
+            spark_mirror,
+            spark_sources,
+            local: Some(LocalInstances { rootfs, key, _mirror: mirror }),
+        })
+    }
+}
+
+fn spark_url(mirror: &str, spark: &Spark) -> String {
+    format!(
+        "{}/spark-{v}/spark-{v}-bin-{h}.tgz",
+        mirror.trim_end_matches('/'),
+        v = spark.version,
+        h = spark.hadoop_build
+    )
+}
+
+/// Real builds verify Spark against the matrix's pin: refuse to start
+/// without a usable one.
+pub fn check_spark_pins(builds: &[Build]) -> Result<()> {
+    for build in builds {
+        let Some(spark) = &build.image.spark else { continue };
+        let valid = spark.sha512.len() == 128 && spark.sha512.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            bail!(
+                "{}: the matrix pins no valid SHA-512 for spark-{v}-bin-{h}.tgz ({:?}): put the lower-case hex from \
+                 {APACHE_ARCHIVE}/spark-{v}/spark-{v}-bin-{h}.tgz.sha512 in packer/matrix.json",
+                build.image.name,
+                spark.sha512,
+                v = spark.version,
+                h = spark.hadoop_build
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The variables a provisioned build adds: how to reach the instance, and
+/// where its Spark comes from.
+pub fn provisioning_vars(provisioning: &Provisioning, build: &Build, ssh: Option<(&Path, u16)>) -> serde_json::Value {
+    let spark = provisioning.spark_sources.get(&build.image.name);
+    let mut vars = serde_json::json!({
+        "ssh_username": provisioning.ssh_username,
+        "spark_mirror": provisioning.spark_mirror,
+        "spark_hadoop_build": build.image.spark.as_ref().map_or("none", |s| s.hadoop_build.as_str()),
+        "spark_sha512": spark.map_or("", |s| s.sha512.as_str()),
+        "spark_sha512_source": spark.map_or("", |s| s.sha512_source.as_str()),
+        "smoke_test": provisioning.smoke_test,
+    });
+    if let Some((private_key, port)) = ssh {
+        vars["ssh_host"] = "127.0.0.1".into();
+        vars["ssh_port"] = port.into();
+        vars["ssh_private_key_file"] = private_key.display().to_string().into();
+        vars["ssh_keypair_name"] = local::instance::KEYPAIR_NAME.into();
+    }
+    vars
+}
+
 /// The Packer variables for one build: the template's whole interface.
 pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &str) -> serde_json::Value {
     serde_json::json!({
@@ -280,7 +485,14 @@ pub fn packer_vars(build: &Build, run_id: &str, git_commit: &str, created_at: &s
 /// Writes the build's Packer variables, the endpoint's included, as
 /// `<log dir>/<build>.pkrvars.json`.
 pub fn write_var_file(run: &Run, build: &Build) -> Result<PathBuf> {
+    write_vars(run, build, serde_json::Value::Null)
+}
+
+fn write_vars(run: &Run, build: &Build, extra: serde_json::Value) -> Result<PathBuf> {
     let mut vars = packer_vars(build, &run.run_id, &run.git_commit, &run.created_at);
+    if let (Some(vars), serde_json::Value::Object(extra)) = (vars.as_object_mut(), extra) {
+        vars.extend(extra);
+    }
     vars["endpoint_ec2"] = run.endpoint.clone().unwrap_or_default().into();
     vars["skip_aws_validation"] = run.skip_aws_validation.into();
     vars["communicator"] = if run.provision { "ssh" } else { "none" }.into();
@@ -290,7 +502,13 @@ pub fn write_var_file(run: &Run, build: &Build) -> Result<PathBuf> {
     Ok(var_file)
 }
 
-fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sender<Event>) -> BuildResult {
+fn run_build(
+    sh: &Shell,
+    run: &Run,
+    provisioning: Option<&Provisioning>,
+    build: &Build,
+    events: &std::sync::mpsc::Sender<Event>,
+) -> BuildResult {
     let clock = Instant::now();
     let log = run.log_dir.join(format!("{}.log", build.name));
     let send = |event| {
@@ -303,7 +521,8 @@ fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sen
             n => format!("in {}, copying to {n} regions", build.region),
         },
     });
-    let outcome = packer_build(sh, run, build, &log, |step| send(Event::Step { build: build.name.clone(), step }));
+    let outcome =
+        packer_build(sh, run, provisioning, build, &log, |step| send(Event::Step { build: build.name.clone(), step }));
     let mut result = BuildResult {
         name: build.name.clone(),
         image: build.image.name.clone(),
@@ -316,6 +535,7 @@ fn run_build(sh: &Shell, run: &Run, build: &Build, events: &std::sync::mpsc::Sen
         seconds: 0.0,
         log: display(&log),
         error: None,
+        notes: fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default(),
     };
     match outcome {
         Ok(amis) => {
@@ -360,14 +580,32 @@ impl From<anyhow::Error> for Failure {
 fn packer_build(
     sh: &Shell,
     run: &Run,
+    provisioning: Option<&Provisioning>,
     build: &Build,
     log: &Path,
     mut on_step: impl FnMut(String),
 ) -> Result<BTreeMap<String, String>, Failure> {
-    let var_file = write_var_file(run, build)?;
+    // Held until Packer is done; dropping it tears the local instance down.
+    let mut _instance = None;
+    let (var_file, only) = match provisioning {
+        None => (write_var_file(run, build)?, "amazon-ebs.api_only"),
+        Some(p) => {
+            let ssh = match &p.local {
+                Some(local) => {
+                    let instance = local::instance::Instance::start(sh, &local.rootfs, &local.key, &build.name)
+                        .context("start the local instance")?;
+                    let port = instance.port;
+                    _instance = Some(instance);
+                    Some((local.key.private_key.as_path(), port))
+                }
+                None => None,
+            };
+            (write_vars(run, build, provisioning_vars(p, build, ssh))?, "amazon-ebs.provisioned")
+        }
+    };
 
     let template = project::root().join("packer/spark-ami.pkr.hcl");
-    let packer_run = packer::build(sh, &template, &var_file, log, |line| {
+    let packer_run = packer::build(sh, &template, &var_file, Some(only), log, |line| {
         if let Some(step) = packer::step(line) {
             on_step(step);
         }
@@ -378,11 +616,17 @@ fn packer_build(
         packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
     if !packer_run.success {
         let errors = packer::errors(&packer_run.output);
-        let message = errors
+        let packer_message = errors
             .first()
             .cloned()
             .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
             .unwrap_or_else(|| "packer build failed without a message".to_string());
+        // A provisioner's own ERROR line says what went wrong; Packer only
+        // says that the script exited non-zero.
+        let message = match provisioner_says(&packer_run.output, "ERROR").last() {
+            Some(error) => format!("{error} (packer: {packer_message})"),
+            None => packer_message,
+        };
         return Err(Failure { message, amis });
     }
     let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
@@ -393,6 +637,21 @@ fn packer_build(
         });
     }
     Ok(amis)
+}
+
+/// What the provisioners said with `spark-packer: <LEVEL>: ...`, in order.
+pub fn provisioner_says(output: &str, level: &str) -> Vec<String> {
+    let marker = format!("spark-packer: {level}: ");
+    output
+        .lines()
+        .filter_map(packer::parse_line)
+        .filter(|line| line.kind == "ui")
+        .filter_map(|line| {
+            let text = line.data.get(1)?;
+            let (_, said) = text.split_once(&marker)?;
+            Some(said.trim_end().to_string())
+        })
+        .collect()
 }
 
 /// Writes one ami-list file per region of a successful build.
@@ -468,7 +727,11 @@ pub fn summary_table(report: &Report) -> String {
         ok.iter().map(|b| b.recorded.len()).sum::<usize>(),
         report.ami_list,
         report.seconds,
-        if report.provisioned { "" } else { " (API-only: not provisioned)" },
+        match (report.provisioned, report.smoke_test) {
+            (false, _) => " (API-only: not provisioned)",
+            (true, false) => " (SMOKE TEST OFF: not shown to run Spark)",
+            (true, true) => "",
+        },
     ));
     out
 }

@@ -143,13 +143,24 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs one `packer build`, teeing stdout and stderr into `log`, and calling
-/// `on_line` with each stdout line as it arrives (for live progress).
-pub fn build(sh: &Shell, template: &Path, var_file: &Path, log: &Path, mut on_line: impl FnMut(&str)) -> Result<Run> {
+/// Runs one `packer build` (of the `only` build, e.g. `amazon-ebs.provisioned`,
+/// if given), teeing stdout and stderr into `log`, and calling `on_line` with
+/// each stdout line as it arrives (for live progress).
+pub fn build(
+    sh: &Shell,
+    template: &Path,
+    var_file: &Path,
+    only: Option<&str>,
+    log: &Path,
+    mut on_line: impl FnMut(&str),
+) -> Result<Run> {
     let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
     let log_file = Arc::new(Mutex::new(log_file));
+    let only = only.map(|o| format!("-only={o}"));
     let mut command: std::process::Command =
-        cmd!(sh, "packer build -machine-readable -color=false -var-file={var_file} {template}").quiet().into();
+        cmd!(sh, "packer build -machine-readable -color=false {only...} -var-file={var_file} {template}")
+            .quiet()
+            .into();
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,6 +1,11 @@
 //! The local sandbox: a real EC2 API emulator (moto server) from a pinned venv
-//! the project creates itself, on a free loopback port. It only provides an
-//! endpoint; the commands never ask whether they run locally.
+//! the project creates itself, on a free loopback port; local instances for
+//! Packer to provision over SSH (`instance`); and a Spark mirror (`mirror`).
+//! It only provides endpoints and instances; the commands never ask whether
+//! they run locally.
+
+pub mod instance;
+pub mod mirror;
 
 use std::{
     fs::{self, File},

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Shared helpers for the provisioners, sourced by each of them (never run):
+# OS detection, a package manager wrapper that waits for locks, bounded
+# download retries, checksum parsing, and notes recorded on the image.
+
+# Lines starting "spark-packer:" are the provisioners' own voice in Packer's
+# log; build-amis lifts the ERROR and NOTE ones into its report.
+log() { printf 'spark-packer: %s\n' "$*"; }
+die() {
+  printf 'spark-packer: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# Something the image lacks on purpose, said in the log and kept on the image
+# in /etc/spark-packer/notes, so it is never skipped silently.
+note() {
+  printf 'spark-packer: NOTE: %s\n' "$*"
+  mkdir -p /etc/spark-packer
+  printf '%s\n' "$*" >>/etc/spark-packer/notes
+}
+
+# One field of /etc/os-release, unquoted: read, never sourced or executed.
+os_release_field() {
+  sed -n "s/^$1=//p" "${OS_RELEASE_FILE:-/etc/os-release}" | head -n 1 | tr -d '"'"'"
+}
+
+# Sets OS_ID, OS_VERSION and OS_FAMILY (amzn2023, amzn2 or debian) from
+# /etc/os-release; fails on anything else rather than guess.
+detect_os() {
+  [[ -r ${OS_RELEASE_FILE:-/etc/os-release} ]] || die "no /etc/os-release: cannot tell which OS this is"
+  OS_ID=$(os_release_field ID)
+  OS_VERSION=$(os_release_field VERSION_ID)
+  local like
+  like=$(os_release_field ID_LIKE)
+  case "$OS_ID:$OS_VERSION" in
+    amzn:2023*) OS_FAMILY=amzn2023 ;;
+    amzn:2) OS_FAMILY=amzn2 ;;
+    debian:* | ubuntu:*) OS_FAMILY=debian ;;
+    *)
+      if [[ " $like " == *" debian "* ]]; then
+        OS_FAMILY=debian
+      else
+        die "unsupported OS '$OS_ID $OS_VERSION': supported are Amazon Linux 2023 and 2, Debian and Ubuntu"
+      fi
+      ;;
+  esac
+  export OS_ID OS_VERSION OS_FAMILY
+  log "OS: $OS_ID $OS_VERSION ($OS_FAMILY family)"
+}
+
+# Waits (bounded) while another yum or dnf holds the rpm lock: the 2014
+# scripts failed on yum lock contention with cloud-init at boot.
+wait_for_rpm_lock() {
+  local waited=0 pidfile pid busy
+  while :; do
+    busy=""
+    for pidfile in /var/run/yum.pid /var/cache/dnf/*_lock.pid /var/lib/dnf/*_lock.pid /run/dnf*.pid; do
+      [[ -f $pidfile ]] || continue
+      pid=$(tr -dc '0-9' <"$pidfile")
+      if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then busy=$pidfile; fi
+    done
+    [[ -z $busy ]] && return 0
+    ((waited >= 600)) && die "the package manager stayed locked for ${waited}s ($busy)"
+    ((waited % 30 == 0)) && log "waiting for the package manager lock ($busy)"
+    sleep 5
+    waited=$((waited + 5))
+  done
+}
+
+# The package manager for OS_FAMILY, waiting for its lock. apt-get waits by
+# itself with DPkg::Lock::Timeout.
+pkg() {
+  case "$OS_FAMILY" in
+    debian)
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q "$@"
+      ;;
+    amzn2023)
+      wait_for_rpm_lock
+      dnf -y -q "$@"
+      ;;
+    amzn2)
+      wait_for_rpm_lock
+      yum -y -q "$@"
+      ;;
+    *) die "pkg: call detect_os first" ;;
+  esac
+}
+
+pkg_install() {
+  case "$OS_FAMILY" in
+    debian) pkg install --no-install-recommends "$@" ;;
+    *) pkg install "$@" ;;
+  esac
+}
+
+# Whether the OS's repositories have a package of that name.
+pkg_available() {
+  case "$OS_FAMILY" in
+    debian) [[ -n $(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" {print $2}') ]] ;;
+    amzn2023)
+      wait_for_rpm_lock
+      dnf -q list --available "$1" >/dev/null 2>&1 || rpm -q "$1" >/dev/null 2>&1
+      ;;
+    amzn2)
+      wait_for_rpm_lock
+      yum -q list available "$1" >/dev/null 2>&1 || rpm -q "$1" >/dev/null 2>&1
+      ;;
+  esac
+}
+
+# retry ATTEMPTS DELAY_SECONDS COMMAND...: runs COMMAND until it succeeds,
+# at most ATTEMPTS times, DELAY_SECONDS apart (doubling).
+retry() {
+  local attempts=$1 delay=$2 try=1
+  shift 2
+  until "$@"; do
+    ((try >= attempts)) && return 1
+    log "attempt $try of $attempts failed: $*; retrying in ${delay}s"
+    sleep "$delay"
+    try=$((try + 1))
+    delay=$((delay * 2))
+  done
+}
+
+# download URL FILE: a bounded number of tries, never a partial file.
+download() {
+  local url=$1 file=$2
+  retry "${DOWNLOAD_ATTEMPTS:-4}" 2 curl --fail --silent --show-error --location --connect-timeout 20 \
+    --output "$file.part" "$url" || die "could not download $url after ${DOWNLOAD_ATTEMPTS:-4} attempts"
+  mv "$file.part" "$file"
+}
+
+# The SHA-512 in a checksum file, lower case, in either format Apache has
+# published: `sha512sum` ("<hex>  <file>") and the older `gpg --print-md
+# SHA512` ("<file>: 2A1A2C5E 6E23C45F ..." in upper case, wrapped over lines).
+sha512_from_checksum_file() {
+  local text hex
+  text=$(cat "$1")
+  if [[ $text =~ ^[[:space:]]*([0-9a-fA-F]{128})([[:space:]]|$) ]]; then
+    hex=${BASH_REMATCH[1]}
+  elif [[ $text == *:* ]]; then
+    hex=$(printf '%s' "${text#*:}" | tr -d ' \t\r\n')
+  else
+    hex=""
+  fi
+  hex=$(printf '%s' "$hex" | tr 'A-F' 'a-f')
+  [[ $hex =~ ^[0-9a-f]{128}$ ]] || return 1
+  printf '%s\n' "$hex"
+}
+
+# verify_sha512 FILE EXPECTED SOURCE: dies with both values on a mismatch.
+verify_sha512() {
+  local file=$1 expected=$2 source=$3 actual
+  actual=$(sha512sum "$file" | awk '{print $1}')
+  if [[ $actual != "$expected" ]]; then
+    die "checksum mismatch for $(basename "$file"): SHA-512 is $actual, expected $expected ($source)"
+  fi
+  log "SHA-512 of $(basename "$file") verified ($source)"
+}
+
+# Spark fails with UnknownHostException when the hostname does not resolve.
+ensure_hostname_resolves() {
+  local name
+  name=$(hostname)
+  if getent hosts "$name" >/dev/null; then
+    return 0
+  fi
+  [[ -s /etc/hosts ]] || printf '127.0.0.1\tlocalhost\n' >/etc/hosts
+  printf '127.0.1.1\t%s\n' "$name" >>/etc/hosts
+  getent hosts "$name" >/dev/null || die "hostname $name does not resolve even after adding it to /etc/hosts"
+  log "hostname $name now resolves (added to /etc/hosts)"
+}

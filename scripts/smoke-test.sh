@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The last provisioner: start a standalone master and one worker, submit the
+# pi.py example, check its answer, stop both. Any failure fails the build, so
+# an image that cannot run Spark never becomes an AMI.
+set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# shellcheck source=/dev/null
+source /etc/profile.d/spark.sh
+[[ -x $SPARK_HOME/bin/spark-class ]] || die "no Spark in $SPARK_HOME: run spark.sh first"
+getent hosts "$(hostname)" >/dev/null || die "hostname $(hostname) does not resolve: Spark would fail"
+
+# Everything on loopback, on ports the OS picks: the test needs no network.
+export SPARK_LOCAL_IP=127.0.0.1 SPARK_DAEMON_MEMORY=512m PYSPARK_PYTHON=python3
+work=$(mktemp -d)
+pids=()
+stop_cluster() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap stop_cluster EXIT
+
+show_log() {
+  log "last lines of $1:"
+  tail -n 20 "$1" | sed 's/^/    /' || true
+}
+
+# wait_for LOG PATTERN PID WHAT: until PATTERN shows in LOG; fails if PID dies.
+wait_for() {
+  local file=$1 pattern=$2 pid=$3 what=$4 waited=0
+  until grep -q -- "$pattern" "$file" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      show_log "$file"
+      die "smoke test: the Spark $what exited before it was ready"
+    fi
+    if ((waited >= 120)); then
+      show_log "$file"
+      die "smoke test: the Spark $what was not ready within 120s"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+log "smoke test: starting a standalone master"
+"$SPARK_HOME/bin/spark-class" org.apache.spark.deploy.master.Master \
+  --host 127.0.0.1 --port 0 --webui-port 0 >"$work/master.log" 2>&1 &
+pids+=("$!")
+wait_for "$work/master.log" "Starting Spark master at spark://" "${pids[0]}" master
+master_url=$(grep -o 'spark://127\.0\.0\.1:[0-9]*' "$work/master.log" | head -n 1)
+log "smoke test: master at $master_url"
+
+"$SPARK_HOME/bin/spark-class" org.apache.spark.deploy.worker.Worker \
+  --host 127.0.0.1 --webui-port 0 --cores 1 --memory 1g "$master_url" >"$work/worker.log" 2>&1 &
+pids+=("$!")
+wait_for "$work/worker.log" "Successfully registered with master" "${pids[1]}" worker
+log "smoke test: worker registered"
+
+log "smoke test: spark-submit pi.py"
+if ! "$SPARK_HOME/bin/spark-submit" --master "$master_url" --conf spark.ui.enabled=false \
+  --driver-memory 512m --executor-memory 512m \
+  "$SPARK_HOME/examples/src/main/python/pi.py" 10 >"$work/pi.out" 2>"$work/pi.err"; then
+  show_log "$work/pi.err"
+  die "smoke test: spark-submit pi.py failed"
+fi
+result=$(grep -m 1 '^Pi is roughly' "$work/pi.out" || true)
+[[ $result == "Pi is roughly 3.1"* ]] || {
+  show_log "$work/pi.out"
+  die "smoke test: pi.py printed no 'Pi is roughly 3.1...' (got '$result')"
+}
+log "smoke test: $result"
+
+stop_cluster
+trap - EXIT
+log "smoke test: passed; master and worker stopped"

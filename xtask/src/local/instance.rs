@@ -1,0 +1,367 @@
+//! The local instance Packer provisions over SSH: a Debian bookworm rootfs
+//! made once with debootstrap (cached under target/local/), and per build an
+//! overlay copy of it with /proc and /dev mounted and sshd listening on its own
+//! loopback port. Dropping an [`Instance`] kills everything running inside it,
+//! unmounts it and deletes its overlay, whatever way the build ended.
+
+use std::{
+    fs::{self, File},
+    io::Read,
+    net::{Ipv4Addr, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use super::{free_port, sandbox_dir};
+use crate::aws::Aws;
+
+/// What the cached rootfs holds before any provisioner runs. Java is here
+/// (base.sh still asks apt for it) because downloading it for every build
+/// would dominate the build time; the rest is what sshd, the scripts' own
+/// downloads and the mirror check need.
+pub const ROOTFS_PACKAGES: [&str; 6] =
+    ["openssh-server", "openjdk-17-jre-headless", "python3", "procps", "curl", "ca-certificates"];
+const SUITE: &str = "bookworm";
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// Bump when the rootfs setup below changes, so caches are rebuilt.
+const ROOTFS_SETUP_VERSION: u32 = 2;
+
+/// The name the sandbox key is imported under in the emulator.
+pub const KEYPAIR_NAME: &str = "spark-packer-local";
+
+/// Debootstrap, mount and chroot all need root.
+pub fn require_root(sh: &Shell) -> Result<()> {
+    let uid = cmd!(sh, "id -u").quiet().read().context("run `id -u`")?;
+    if uid.trim() != "0" {
+        bail!(
+            "the local instance needs root (debootstrap, mount, chroot): run as root, \
+             or pass --no-provision for API-only builds"
+        );
+    }
+    Ok(())
+}
+
+pub fn rootfs_dir() -> PathBuf {
+    sandbox_dir().join(format!("rootfs-{SUITE}"))
+}
+
+pub fn instances_dir() -> PathBuf {
+    sandbox_dir().join("instances")
+}
+
+fn rootfs_stamp() -> String {
+    format!("{SUITE} {} setup-v{ROOTFS_SETUP_VERSION}\n", ROOTFS_PACKAGES.join(","))
+}
+
+/// Makes the bookworm rootfs once; later calls return the cached one. Safe to
+/// call from concurrent processes.
+pub fn ensure_rootfs(sh: &Shell) -> Result<PathBuf> {
+    let dir = sandbox_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let lock = File::create(dir.join("rootfs.lock")).context("create the rootfs lock")?;
+    lock.lock().context("lock the rootfs cache")?;
+
+    let root = rootfs_dir();
+    let stamp = root.join(".spark-packer-rootfs");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(rootfs_stamp().as_str()) {
+        return Ok(root);
+    }
+    let tmp = dir.join(format!("rootfs-{SUITE}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("remove the unfinished {}", tmp.display()))?;
+    }
+    let include = format!("--include={}", ROOTFS_PACKAGES.join(","));
+    let output = cmd!(sh, "debootstrap --variant=minbase {include} {SUITE} {tmp} {DEBIAN_MIRROR}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run `debootstrap`: install it with `apt-get install debootstrap` (or run dev/setup)")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let tail: Vec<&str> = stdout.lines().chain(stderr.lines()).rev().take(5).collect();
+        bail!(
+            "debootstrap {SUITE} into {} failed (is {DEBIAN_MIRROR} reachable?): {}",
+            tmp.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    configure_rootfs(sh, &tmp)?;
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("remove the outdated {}", root.display()))?;
+    }
+    fs::write(tmp.join(".spark-packer-rootfs"), rootfs_stamp()).context("stamp the rootfs")?;
+    fs::rename(&tmp, &root).with_context(|| format!("move the new rootfs to {}", root.display()))?;
+    Ok(root)
+}
+
+/// Makes the minbase system look like a freshly published cloud image: the
+/// security suite in apt's sources and its updates applied (so that base.sh's
+/// upgrade has little left to do), host keys, root's .ssh, and no daemons
+/// started by package installs (they would outlive the build on the host).
+fn configure_rootfs(sh: &Shell, root: &Path) -> Result<()> {
+    let sources = format!(
+        "deb {DEBIAN_MIRROR} {SUITE} main\n\
+         deb {DEBIAN_MIRROR} {SUITE}-updates main\n\
+         deb http://deb.debian.org/debian-security {SUITE}-security main\n"
+    );
+    fs::write(root.join("etc/apt/sources.list"), sources).context("write the rootfs apt sources")?;
+    let policy = root.join("usr/sbin/policy-rc.d");
+    fs::write(&policy, "#!/bin/sh\n# spark-packer local instance: never start services\nexit 101\n")
+        .context("write policy-rc.d")?;
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+    let ssh_dir = root.join("root/.ssh");
+    fs::create_dir_all(&ssh_dir)?;
+    fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700))?;
+    cmd!(sh, "chroot {root} ssh-keygen -A").quiet().output().context("make sshd host keys")?;
+
+    let proc_dir = root.join("proc");
+    cmd!(sh, "mount -t proc proc {proc_dir}").quiet().run().context("mount /proc in the new rootfs")?;
+    let updated = (|| -> Result<()> {
+        let _e = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+        for args in [&["update"][..], &["-y", "upgrade"], &["clean"]] {
+            let output = cmd!(sh, "chroot {root} apt-get -q {args...}").quiet().ignore_status().output()?;
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                bail!("apt-get {}: {}", args.join(" "), stderr.lines().rev().take(3).collect::<Vec<_>>().join(" | "));
+            }
+        }
+        Ok(())
+    })();
+    let unmounted = cmd!(sh, "umount {proc_dir}").quiet().run();
+    updated.context("apply Debian's updates to the new rootfs (is deb.debian.org reachable?)")?;
+    unmounted.context("unmount /proc from the new rootfs")?;
+    Ok(())
+}
+
+/// The key Packer logs in with: made once under target/local/ssh, mode 0600.
+pub struct SshKey {
+    pub private_key: PathBuf,
+    pub public_key: String,
+}
+
+pub fn ensure_ssh_key(sh: &Shell) -> Result<SshKey> {
+    let dir = sandbox_dir().join("ssh");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    let lock = File::create(dir.join("key.lock")).context("create the key lock")?;
+    lock.lock().context("lock the sandbox key")?;
+    let private_key = dir.join("id_rsa");
+    let public = dir.join("id_rsa.pub");
+    if !private_key.exists() || !public.exists() {
+        let _ = fs::remove_file(&private_key);
+        let _ = fs::remove_file(&public);
+        // PEM RSA: the format every Packer since 1.6 reads.
+        let no_passphrase = "";
+        cmd!(sh, "ssh-keygen -q -t rsa -b 3072 -m PEM -N {no_passphrase} -C spark-packer-local -f {private_key}")
+            .quiet()
+            .run()
+            .context("make the sandbox SSH key: install ssh-keygen (`apt-get install openssh-client`)")?;
+    }
+    fs::set_permissions(&private_key, fs::Permissions::from_mode(0o600))?;
+    let public_key = fs::read_to_string(&public).with_context(|| format!("read {}", public.display()))?;
+    Ok(SshKey { private_key, public_key: public_key.trim().to_string() })
+}
+
+/// Imports the sandbox key into the emulator, so Packer can name it in
+/// `ssh_keypair_name` when it launches the (emulated) instance.
+pub fn import_key_pair(sh: &Shell, aws: &Aws, region: &str, key: &SshKey) -> Result<()> {
+    let program = &aws.program;
+    let endpoint: Vec<String> = aws.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
+    let material = format!("fileb://{}.pub", key.private_key.display());
+    let output = cmd!(
+        sh,
+        "{program} {endpoint...} --region {region} ec2 import-key-pair --key-name {KEYPAIR_NAME} --public-key-material {material}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("run the aws CLI to import the sandbox key")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && !stderr.contains("Duplicate") {
+        bail!("import the sandbox key into the emulator in {region}: {}", stderr.trim());
+    }
+    Ok(())
+}
+
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// One build's instance: an overlay of the rootfs with sshd on `port`.
+pub struct Instance {
+    pub port: u16,
+    dir: PathBuf,
+    merged: PathBuf,
+    sshd: Option<Child>,
+    sh: Shell,
+}
+
+impl Instance {
+    /// Mounts a fresh overlay named after `build` and starts sshd in it.
+    pub fn start(sh: &Shell, rootfs: &Path, key: &SshKey, build: &str) -> Result<Instance> {
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let dir = instances_dir().join(format!("{build}-{}-{n}", std::process::id()));
+        let merged = dir.join("root");
+        // Built first, so that Drop cleans up whatever the steps below did.
+        let mut instance = Instance { port: 0, dir: dir.clone(), merged: merged.clone(), sshd: None, sh: sh.clone() };
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let options = format!("lowerdir={},upperdir={},workdir={}", rootfs.display(), upper.display(), work.display());
+        cmd!(sh, "mount -t overlay overlay -o {options} {merged}").quiet().run().context("mount the overlay")?;
+        let proc_dir = merged.join("proc");
+        cmd!(sh, "mount -t proc proc {proc_dir}").quiet().run().context("mount /proc in the instance")?;
+        let dev_dir = merged.join("dev");
+        cmd!(sh, "mount --bind /dev {dev_dir}").quiet().run().context("bind /dev into the instance")?;
+
+        let ssh_dir = merged.join("root/.ssh");
+        fs::create_dir_all(&ssh_dir)?;
+        let authorized = ssh_dir.join("authorized_keys");
+        fs::write(&authorized, format!("{}\n", key.public_key)).context("write authorized_keys")?;
+        fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600))?;
+        fs::create_dir_all(merged.join("run/sshd")).context("create sshd's privilege separation directory")?;
+
+        let mut last_error = None;
+        // Another process may take the port between our probe and sshd's bind.
+        for _ in 0..3 {
+            match instance.start_sshd() {
+                Ok(()) => return Ok(instance),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("tried at least once"))
+    }
+
+    fn start_sshd(&mut self) -> Result<()> {
+        let port = free_port()?;
+        let log = self.dir.join(format!("sshd-{port}.log"));
+        let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut child = Command::new("chroot")
+            .arg(&self.merged)
+            .args(["/usr/sbin/sshd", "-D", "-e", "-p", &port.to_string()])
+            .args(["-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password"])
+            .args(["-o", "PasswordAuthentication=no", "-o", "UseDNS=no"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("start sshd in the instance with chroot")?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Some(status) = child.try_wait()? {
+                let mut text = String::new();
+                let _ = File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+                bail!("sshd in the local instance exited ({status}): {}", text.trim());
+            }
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                self.port = port;
+                self.sshd = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("sshd in the local instance did not listen on port {port} within 15s; see {}", log.display())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut sshd) = self.sshd.take() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+        let _ = tear_down(&self.sh, &self.dir);
+    }
+}
+
+/// Kills every process whose root is inside `dir` (sshd sessions, Spark JVMs
+/// a failed smoke test left behind, daemons a package started), unmounts
+/// everything under it, deepest first, and removes it.
+pub fn tear_down(sh: &Shell, dir: &Path) -> Result<()> {
+    for _ in 0..50 {
+        let pids = processes_rooted_under(dir);
+        if pids.is_empty() {
+            break;
+        }
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let _ = cmd!(sh, "kill -KILL {pids...}").quiet().ignore_status().ignore_stderr().run();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut mounts = mounts_under(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in &mounts {
+        if cmd!(sh, "umount {mount}").quiet().ignore_stderr().run().is_err() {
+            // Busy despite the kills: detach it now, the kernel frees it later.
+            let _ = cmd!(sh, "umount -l {mount}").quiet().ignore_stderr().run();
+        }
+    }
+    if !mounts_under(dir).is_empty() {
+        bail!("could not unmount everything under {}", dir.display());
+    }
+    fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
+}
+
+/// Tears down instances whose xtask process died without cleaning up (a
+/// SIGKILL, a power cut): their directory names end in `-<pid>-<n>`.
+pub fn sweep_stale_instances(sh: &Shell) {
+    let Ok(entries) = fs::read_dir(instances_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.rsplit('-').nth(1).and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = tear_down(sh, &entry.path());
+        }
+    }
+}
+
+/// Mount points at or under `dir`, from /proc/mounts (octal escapes undone).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    parse_mount_points(&text).into_iter().filter(|point| Path::new(point).starts_with(dir)).collect()
+}
+
+/// The mount points of a /proc/mounts text.
+pub fn parse_mount_points(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .map(|point| point.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+        .collect()
+}
+
+/// Processes whose root directory lies at or under `dir`: what runs inside
+/// a chroot there.
+pub fn processes_rooted_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|root| root.starts_with(dir)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mount_points_with_escapes() {
+        // Two lines as /proc/mounts shows them on Debian 12.
+        let text = "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n\
+                    overlay /work/main/target/local/instances/a\\040b/root overlay rw,relatime,lowerdir=/x 0 0\n";
+        assert_eq!(parse_mount_points(text), ["/proc", "/work/main/target/local/instances/a b/root"]);
+    }
+
+    #[test]
+    fn the_stamp_names_every_package() {
+        let stamp = rootfs_stamp();
+        assert!(ROOTFS_PACKAGES.iter().all(|p| stamp.contains(p)), "{stamp}");
+    }
+}
