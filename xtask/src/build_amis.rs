@@ -776,3 +776,40 @@ fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> 
 pub fn display(path: &Path) -> String {
     path.strip_prefix(project::root()).unwrap_or(path).display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded from Packer 1.6.6 logs of xtask/tests/provision.rs builds.
+    const FAILED_SMOKE_TEST: &str = "\
+1795609719,,ui,message,    amazon-ebs.provisioned: spark-packer: smoke test: starting a standalone master
+1795609719,,ui,error,==> amazon-ebs.provisioned: spark-packer: ERROR: smoke test: the Spark master exited before it was ready
+1795609719,,ui,error,Build 'amazon-ebs.provisioned' errored after 27 seconds 182 milliseconds: Script exited with non-zero exit status: 1.Allowed exit codes are: [0]
+1795609719,amazon-ebs.provisioned,error,Script exited with non-zero exit status: 1.Allowed exit codes are: [0]
+";
+
+    #[test]
+    fn the_provisioners_own_errors_and_notes_are_lifted_from_the_log() {
+        assert_eq!(
+            provisioner_says(FAILED_SMOKE_TEST, "ERROR"),
+            ["smoke test: the Spark master exited before it was ready"]
+        );
+        assert!(provisioner_says(FAILED_SMOKE_TEST, "NOTE").is_empty());
+        // Not recorded (Debian packages gmond): the ERROR line above with NOTE's text.
+        let note = "1795609075,,ui,message,    amazon-ebs.provisioned: spark-packer: NOTE: ganglia gmond: not \
+                    packaged for amzn 2023; not installed";
+        assert_eq!(provisioner_says(note, "NOTE"), ["ganglia gmond: not packaged for amzn 2023; not installed"]);
+    }
+
+    #[test]
+    fn real_builds_need_a_pinned_sha512() {
+        let matrix = Matrix::parse(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
+        let mut builds = matrix.expand("default", &Filters::default(), Strategy::Copy, false).unwrap();
+        check_spark_pins(&builds).unwrap();
+        let spark = builds.iter_mut().find(|b| b.image.spark.is_some()).unwrap();
+        spark.image.spark.as_mut().unwrap().sha512 = "PENDING".to_string();
+        let error = check_spark_pins(&builds).unwrap_err().to_string();
+        assert!(error.contains("pins no valid SHA-512") && error.contains(".tgz.sha512"), "{error}");
+    }
+}

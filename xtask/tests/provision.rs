@@ -1,0 +1,230 @@
+//! Provisioned builds end to end: `build-amis --local` runs the real
+//! provisioners (scripts/) through the real Packer over SSH on local
+//! instances (overlays of a cached Debian rootfs, sshd on loopback), while a
+//! real EC2 emulator registers the AMIs. Spark comes from the local mirror
+//! built from the pyspark sdist, or from a broken copy of it that a test makes.
+//!
+//! Needs root, debootstrap and network access to deb.debian.org and PyPI the
+//! first time; the rootfs and the mirror are cached under target/local/ and
+//! shared by every test. After each build, nothing it started may be left:
+//! no mounts, no processes inside its instances, no instance directories.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use xshell::{cmd, Shell};
+use xtask::{
+    local::{self, instance, mirror},
+    project,
+};
+
+const SPARK: &str = "3.5.3";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = project::target_dir().join("test-scratch").join(format!("provision-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `build-amis --local` for hvm x86_64 in us-east-1 and checks that the
+/// process left nothing behind.
+fn build_amis(ami_list: &Path, images: &str, extra: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build-amis", "--local", "--image", images, "--virt", "hvm", "--arch", "x86_64"])
+        .args(["--region", "us-east-1", "--ami-list"])
+        .arg(ami_list)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the xtask binary");
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert_nothing_left_behind(pid, &output);
+    output
+}
+
+/// No mount, process or directory of any instance the xtask process `pid` made.
+fn assert_nothing_left_behind(pid: u32, output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mine = |path: &Path| path.file_name().is_some_and(|n| n.to_string_lossy().contains(&format!("-{pid}-")));
+    let instances = instance::instances_dir();
+    let mounts: Vec<String> =
+        instance::mounts_under(&instances).into_iter().filter(|m| m.contains(&format!("-{pid}-"))).collect();
+    assert!(mounts.is_empty(), "mounts left behind: {mounts:?}\n{stderr}");
+    // Rooted in one of its instances, even one whose directory is gone.
+    let processes: Vec<(u32, String)> = instance::processes_rooted_under(&instances)
+        .into_iter()
+        .filter_map(|p| Some((p, fs::read_link(format!("/proc/{p}/root")).ok()?.display().to_string())))
+        .filter(|(_, root)| root.contains(&format!("-{pid}-")))
+        .collect();
+    assert!(processes.is_empty(), "processes left in instances: {processes:?}\n{stderr}");
+    let dirs: Vec<PathBuf> = fs::read_dir(&instances)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| mine(p)).collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "instance directories left behind: {dirs:?}\n{stderr}");
+}
+
+fn json_report(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("--json printed no report ({e}); stderr:\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// The saved report named on the summary's last line (`report: PATH`).
+fn saved_report(summary: &str) -> serde_json::Value {
+    let path = summary.lines().find_map(|l| l.strip_prefix("report: ")).unwrap_or_else(|| panic!("{summary}"));
+    serde_json::from_str(&fs::read_to_string(project::root().join(path)).unwrap()).unwrap()
+}
+
+fn build<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["builds"].as_array().unwrap().iter().find(|b| b["name"] == name).unwrap_or_else(|| panic!("{report:#}"))
+}
+
+fn build_log(build: &serde_json::Value) -> String {
+    fs::read_to_string(project::root().join(build["log"].as_str().unwrap())).unwrap()
+}
+
+/// The cached mirror tarball, built from the pyspark sdist if needed.
+fn good_tarball() -> PathBuf {
+    let sh = Shell::new().unwrap();
+    let venv = local::ensure_venv(&sh).unwrap();
+    mirror::ensure_spark(&sh, &venv, SPARK, "hadoop3").unwrap();
+    mirror::tarball_path(&mirror::mirror_dir(), SPARK, "hadoop3")
+}
+
+#[test]
+fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
+    let dir = scratch("ok");
+    let ami_list = dir.join("ami-list");
+    let output = build_amis(&ami_list, &format!("base,spark-{SPARK}"), &["--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "build-amis failed:\n{stderr}");
+    let report = json_report(&output);
+    assert_eq!(report["provisioned"], true);
+    assert_eq!(report["smoke_test"], true);
+    let source = &report["spark_sources"][format!("spark-{SPARK}")];
+    assert!(source["sha512_source"].as_str().unwrap().contains("not Apache's"), "{report:#}");
+
+    for (name, image) in
+        [("base-hvm-x86_64", "base".to_string()), (&*format!("spark-{SPARK}-hvm-x86_64"), format!("spark-{SPARK}"))]
+    {
+        let build = build(&report, name);
+        assert_eq!(build["status"], "ok", "{build:#}");
+        let id = build["amis"]["us-east-1"].as_str().unwrap();
+        let recorded = fs::read_to_string(ami_list.join(&image).join("us-east-1/hvm")).unwrap();
+        assert_eq!(recorded, format!("{id}\n"), "{image}: the ami-list holds another ID");
+        let log = build_log(build);
+        assert!(log.contains("spark-packer: base: done"), "{name}: base.sh did not finish:\n{log}");
+    }
+
+    let spark_log = build_log(build(&report, &format!("spark-{SPARK}-hvm-x86_64")));
+    assert!(spark_log.contains("SHA-512 of spark-3.5.3-bin-hadoop3.tgz verified"), "{spark_log}");
+    assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
+    let base_log = build_log(build(&report, "base-hvm-x86_64"));
+    assert!(!base_log.contains("smoke test"), "the base image has no Spark to test:\n{base_log}");
+}
+
+#[test]
+fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
+    let dir = scratch("corrupted");
+    let good = good_tarball();
+    let mirror_root = dir.join("mirror");
+    let tarball = mirror::tarball_path(&mirror_root, SPARK, "hadoop3");
+    fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+    let mut bytes = fs::read(&good).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&tarball, bytes).unwrap();
+    // The mirror still publishes the good tarball's checksum.
+    let sha = format!("{}.sha512", good.display());
+    fs::copy(&sha, format!("{}.sha512", tarball.display())).unwrap();
+
+    let ami_list = dir.join("ami-list");
+    let mirror_arg = mirror_root.to_str().unwrap();
+    let output = build_amis(&ami_list, &format!("base,spark-{SPARK}"), &["--local-spark-mirror", mirror_arg]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a corrupted tarball must fail the run:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("1 of 2 builds failed"), "{stderr}");
+
+    let spark_row =
+        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(spark_row.contains("FAILED") && spark_row.contains("checksum mismatch"), "summary: {stdout}");
+    let report = saved_report(&stdout);
+    let spark = build(&report, "spark-3.5.3-hvm-x86_64");
+    assert_eq!(spark["status"], "failed");
+    assert!(
+        spark["error"].as_str().unwrap().contains("checksum mismatch for spark-3.5.3-bin-hadoop3.tgz"),
+        "{spark:#}"
+    );
+    assert!(build_log(spark).contains("checksum mismatch for spark-3.5.3-bin-hadoop3.tgz"));
+    assert!(!ami_list.join("spark-3.5.3").exists(), "a failed build recorded an ID");
+
+    let base = build(&report, "base-hvm-x86_64");
+    assert_eq!(base["status"], "ok", "{base:#}");
+    let id = base["amis"]["us-east-1"].as_str().unwrap();
+    assert_eq!(fs::read_to_string(ami_list.join("base/us-east-1/hvm")).unwrap(), format!("{id}\n"));
+}
+
+#[test]
+fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
+    let dir = scratch("no-start");
+    let good = good_tarball();
+    // A distribution with Spark's launch scripts and pi.py but no jars/:
+    // it installs and verifies fine, and its master cannot start.
+    let name = format!("spark-{SPARK}-bin-hadoop3");
+    let stage = dir.join("stage");
+    fs::create_dir_all(&stage).unwrap();
+    let sh = Shell::new().unwrap();
+    let members = [format!("{name}/bin"), format!("{name}/examples")];
+    cmd!(sh, "tar -xzf {good} -C {stage} {members...}").run().unwrap();
+    let mirror_root = dir.join("mirror");
+    let tarball = mirror::tarball_path(&mirror_root, SPARK, "hadoop3");
+    fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+    cmd!(sh, "tar -czf {tarball} -C {stage} {name}").run().unwrap();
+    let sum = cmd!(sh, "sha512sum {tarball}").read().unwrap();
+    let hex = sum.split_whitespace().next().unwrap();
+    fs::write(format!("{}.sha512", tarball.display()), format!("{hex}  {name}.tgz\n")).unwrap();
+
+    let ami_list = dir.join("ami-list");
+    let mirror_arg = mirror_root.to_str().unwrap();
+    let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--json", "--local-spark-mirror", mirror_arg]);
+    assert!(!output.status.success(), "a Spark that cannot start must fail the build");
+    let report = json_report(&output);
+    let spark = build(&report, "spark-3.5.3-hvm-x86_64");
+    assert_eq!(spark["status"], "failed");
+    let error = spark["error"].as_str().unwrap();
+    assert!(error.contains("smoke test: the Spark master exited before it was ready"), "{error}");
+    let log = build_log(spark);
+    assert!(log.contains("spark: Spark 3.5.3 installed"), "spark.sh itself should pass:\n{log}");
+    assert!(!log.contains("Pi is roughly"), "{log}");
+    assert!(!ami_list.exists() || fs::read_dir(&ami_list).unwrap().next().is_none(), "a failed build recorded an ID");
+}
+
+/// lib.sh reads both checksum formats Apache has published.
+#[test]
+fn checksum_files_in_both_formats() {
+    let dir = scratch("checksums");
+    let hex = "3f36a30a00b8d999065c74dcf93971a59f18ec7c06ab67391130e7c300380ca32b7062c2c14c7be5e2d858f4ae5ffde40e5103b1dbb179dd3c1da01a59eae7b0";
+    // Recorded from `sha512sum f.txt` and `gpg --print-md SHA512 f.txt` (GnuPG 2.2) of the same file.
+    let modern = format!("{hex}  f.txt\n");
+    let gpg = "f.txt: 3F36A30A 00B8D999 065C74DC F93971A5 9F18EC7C 06AB6739 1130E7C3 00380CA3\n       \
+               2B7062C2 C14C7BE5 E2D858F4 AE5FFDE4 0E5103B1 DBB179DD 3C1DA01A 59EAE7B0\n";
+    let sh = Shell::new().unwrap();
+    let lib = project::root().join("scripts/lib.sh");
+    let script = r#"source "$1" && sha512_from_checksum_file "$2""#;
+    for (name, text) in [("modern.sha512", modern.as_str()), ("gpg.sha512", gpg)] {
+        let file = dir.join(name);
+        fs::write(&file, text).unwrap();
+        let parsed = cmd!(sh, "bash -c {script} lib {lib} {file}").read().unwrap();
+        assert_eq!(parsed, hex, "{name}");
+    }
+    let garbage = dir.join("garbage.sha512");
+    fs::write(&garbage, "not a checksum\n").unwrap();
+    assert!(cmd!(sh, "bash -c {script} lib {lib} {garbage}").quiet().ignore_stderr().run().is_err());
+}
