@@ -124,6 +124,24 @@ variable "spark_sha512_source" {
   default     = "packer/matrix.json (Apache)"
   description = "Where spark_sha512 comes from, said in the build log."
 }
+variable "hadoop_version" {
+  type        = string
+  default     = "none"
+  description = "Hadoop installed next to Spark by scripts/hadoop.sh, or none."
+}
+variable "hadoop_mirror" {
+  type        = string
+  default     = "https://archive.apache.org/dist/hadoop/common"
+  description = "Base URL laid out like Apache's archive: <mirror>/hadoop-<v>/hadoop-<v>.tar.gz"
+}
+variable "hadoop_sha512" {
+  type    = string
+  default = ""
+}
+variable "hadoop_sha512_source" {
+  type    = string
+  default = "packer/matrix.json (Apache)"
+}
 variable "smoke_test" {
   type        = bool
   default     = true
@@ -131,11 +149,13 @@ variable "smoke_test" {
 }
 
 locals {
-  # The provisioners in order: base always; Spark and its smoke test on Spark images.
+  # The provisioners in order: base always; on Spark images Spark, Hadoop if
+  # asked for, and the smoke test last.
   has_spark = var.spark_version != "none"
   steps = concat(
     ["base.sh"],
     local.has_spark ? ["spark.sh"] : [],
+    local.has_spark && var.hadoop_version != "none" ? ["hadoop.sh"] : [],
     local.has_spark && var.smoke_test ? ["smoke-test.sh"] : [],
   )
   smoke_test_off = local.has_spark && ! var.smoke_test ? [
@@ -155,6 +175,8 @@ locals {
     "spark-packer:run-id"         = var.run_id
     "spark-packer:git-commit"     = var.git_commit
     "spark-packer:created-at"     = var.created_at
+    # The AMI exists only if every provisioner, the smoke test last, passed.
+    "spark-packer:smoke-test" = var.communicator == "none" ? "not-provisioned" : (! local.has_spark ? "no-spark" : (var.smoke_test ? "passed" : "SKIPPED"))
   }
 }
 
@@ -226,6 +248,10 @@ build {
       "SPARK_MIRROR=${var.spark_mirror}",
       "SPARK_SHA512=${var.spark_sha512}",
       "SPARK_SHA512_SOURCE=${var.spark_sha512_source}",
+      "HADOOP_VERSION=${var.hadoop_version}",
+      "HADOOP_MIRROR=${var.hadoop_mirror}",
+      "HADOOP_SHA512=${var.hadoop_sha512}",
+      "HADOOP_SHA512_SOURCE=${var.hadoop_sha512_source}",
     ]
     inline = concat(
       local.smoke_test_off,

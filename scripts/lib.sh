@@ -130,13 +130,16 @@ download() {
   mv "$file.part" "$file"
 }
 
-# The SHA-512 in a checksum file, lower case, in either format Apache has
-# published: `sha512sum` ("<hex>  <file>") and the older `gpg --print-md
-# SHA512` ("<file>: 2A1A2C5E 6E23C45F ..." in upper case, wrapped over lines).
+# The SHA-512 in a checksum file, lower case, in any format Apache has
+# published: `sha512sum` ("<hex>  <file>"), BSD style ("SHA512 (<file>) =
+# <hex>"), and the older `gpg --print-md SHA512` ("<file>: 2A1A2C5E 6E23C45F
+# ..." in upper case, wrapped over lines).
 sha512_from_checksum_file() {
   local text hex
   text=$(cat "$1")
   if [[ $text =~ ^[[:space:]]*([0-9a-fA-F]{128})([[:space:]]|$) ]]; then
+    hex=${BASH_REMATCH[1]}
+  elif [[ $text =~ ^SHA512[[:space:]]*\(.*\)[[:space:]]*=[[:space:]]*([0-9a-fA-F]{128}) ]]; then
     hex=${BASH_REMATCH[1]}
   elif [[ $text == *:* ]]; then
     hex=$(printf '%s' "${text#*:}" | tr -d ' \t\r\n')
@@ -156,6 +159,28 @@ verify_sha512() {
     die "checksum mismatch for $(basename "$file"): SHA-512 is $actual, expected $expected ($source)"
   fi
   log "SHA-512 of $(basename "$file") verified ($source)"
+}
+
+# fetch_verified URL FILE EXPECTED SOURCE: downloads URL to FILE and checks
+# it against EXPECTED (a pinned SHA-512; SOURCE says whose, for the log).
+# The mirror's own URL.sha512, when it has one, must agree with the pin.
+fetch_verified() {
+  local url=$1 file=$2 expected=$3 source=$4 published
+  expected=$(printf '%s' "$expected" | tr 'A-F' 'a-f')
+  [[ $expected =~ ^[0-9a-f]{128}$ ]] ||
+    die "no valid SHA-512 pinned for $(basename "$file") (got '$3'): pin it in packer/matrix.json"
+  log "downloading $url"
+  download "$url" "$file"
+  if curl --fail --silent --location --connect-timeout 20 --output "$file.sha512" "$url.sha512"; then
+    published=$(sha512_from_checksum_file "$file.sha512") ||
+      die "cannot read a SHA-512 from $url.sha512 (not sha512sum, BSD or gpg --print-md format)"
+    [[ $published == "$expected" ]] ||
+      die "checksum mismatch: $url.sha512 says $published, but $source pins $expected"
+    log "$url.sha512 agrees with $source"
+  else
+    log "no checksum file at $url.sha512; verifying against $source alone"
+  fi
+  verify_sha512 "$file" "$expected" "$source"
 }
 
 # Spark fails with UnknownHostException when the hostname does not resolve.

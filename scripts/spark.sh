@@ -16,30 +16,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 version=${SPARK_VERSION:?SPARK_VERSION is not set}
 hadoop=${SPARK_HADOOP_BUILD:?SPARK_HADOOP_BUILD is not set}
 mirror=${SPARK_MIRROR:-https://archive.apache.org/dist/spark}
-expected=$(printf '%s' "${SPARK_SHA512:-}" | tr 'A-F' 'a-f')
 source_label=${SPARK_SHA512_SOURCE:-the matrix}
-[[ $expected =~ ^[0-9a-f]{128}$ ]] ||
-  die "no valid SHA-512 pinned for Spark $version (got '${SPARK_SHA512:-}'): pin it in packer/matrix.json"
 
 name=spark-$version-bin-$hadoop
-url=${mirror%/}/spark-$version/$name.tgz
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-log "downloading $url"
-download "$url" "$work/$name.tgz"
-
-# The mirror's own checksum file, when it has one, must agree with the pin.
-if curl --fail --silent --location --connect-timeout 20 --output "$work/$name.tgz.sha512" "$url.sha512"; then
-  published=$(sha512_from_checksum_file "$work/$name.tgz.sha512") ||
-    die "cannot read a SHA-512 from $url.sha512 (neither sha512sum nor gpg --print-md format)"
-  [[ $published == "$expected" ]] ||
-    die "checksum mismatch: $url.sha512 says $published, but $source_label pins $expected"
-  log "$url.sha512 agrees with $source_label"
-else
-  log "no checksum file at $url.sha512; verifying against $source_label alone"
-fi
-verify_sha512 "$work/$name.tgz" "$expected" "$source_label"
+fetch_verified "${mirror%/}/spark-$version/$name.tgz" "$work/$name.tgz" "${SPARK_SHA512:-}" "$source_label"
 
 log "unpacking to /opt/spark-$version"
 rm -rf "/opt/spark-$version" "$work/unpack"

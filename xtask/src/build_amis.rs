@@ -18,7 +18,7 @@ use crate::{
     ami_list::{self, Cell},
     endpoint::{Connection, EndpointArgs},
     local,
-    matrix::{Build, Filters, Matrix, Spark, Strategy},
+    matrix::{Build, Filters, Hadoop, Matrix, Spark, Strategy},
     packer,
     progress::{Event, Printer},
     project,
@@ -89,10 +89,18 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub spark_mirror: Option<String>,
 
-    /// With --local: serve this directory as the Spark mirror instead of the
-    /// one built from PyPI, with the SHA-512s of its .sha512 files (for tests).
-    #[arg(long, value_name = "DIR", requires = "local", conflicts_with = "spark_mirror")]
-    pub local_spark_mirror: Option<PathBuf>,
+    /// Where hadoop.sh downloads Hadoop, for images whose matrix entry names
+    /// a Hadoop version (<URL>/hadoop-<v>/hadoop-<v>.tar.gz). Default:
+    /// Apache's archive; with --local, the local mirror.
+    #[arg(long, value_name = "URL")]
+    pub hadoop_mirror: Option<String>,
+
+    /// With --local: serve this directory as the mirror instead of the one
+    /// built from PyPI, with the SHA-512s of its .sha512 files. Lay it out
+    /// like Apache's archive: spark-<v>/spark-<v>-bin-<hadoop>.tgz,
+    /// hadoop-<v>/hadoop-<v>.tar.gz. For tests and offline tarballs.
+    #[arg(long, value_name = "DIR", requires = "local")]
+    pub local_mirror: Option<PathBuf>,
 
     /// Read the matrix from this file instead of packer/matrix.json, e.g.
     /// to try another Spark version or source image before checking it in.
@@ -156,9 +164,9 @@ pub struct Report {
     pub provisioned: bool,
     /// False only when --skip-smoke-test turned the Spark smoke test off.
     pub smoke_test: bool,
-    /// Image -> where its Spark tarball and the SHA-512 it was checked against came from.
+    /// Image -> where its Spark (and Hadoop) came from, and the SHA-512s they were checked against.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub spark_sources: BTreeMap<String, SparkSource>,
+    pub downloads: BTreeMap<String, ImageDownloads>,
     pub endpoint: Option<String>,
     pub ami_list: String,
     pub git_commit: String,
@@ -201,17 +209,16 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
              provides one, or --no-provision for API-only AMIs"
         );
     }
-    if provision && !args.endpoint.local && args.spark_mirror.is_none() {
-        check_spark_pins(&builds)?;
-    }
 
     let version = packer::check_installed(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
     let provisioning = if provision { Some(Provisioning::prepare(sh, args, &builds, &connection)?) } else { None };
     if let Some(p) = &provisioning {
-        for (image, source) in &p.spark_sources {
-            eprintln!("{image}: Spark from {}, SHA-512 from {}", source.url, source.sha512_source);
+        for (image, downloads) in &p.downloads {
+            for download in std::iter::once(&downloads.spark).chain(&downloads.hadoop) {
+                eprintln!("{image}: {}, SHA-512 from {}", download.url, download.sha512_source);
+            }
         }
         if !p.smoke_test {
             eprintln!("{SMOKE_TEST_OFF}");
@@ -265,7 +272,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         strategy: args.strategy,
         provisioned: provision,
         smoke_test: provisioning.is_none_or(|p| p.smoke_test),
-        spark_sources: provisioning.map(|p| p.spark_sources.clone()).unwrap_or_default(),
+        downloads: provisioning.map(|p| p.downloads.clone()).unwrap_or_default(),
         endpoint: connection.endpoint.clone(),
         ami_list: display(&ami_list_root),
         git_commit: run.git_commit.clone(),
@@ -303,24 +310,111 @@ pub struct Run {
 const SMOKE_TEST_OFF: &str = "WARNING: --skip-smoke-test: the Spark smoke test is OFF. \
      These images were never shown to run Spark; use this only to debug the provisioners.";
 
-const APACHE_ARCHIVE: &str = "https://archive.apache.org/dist/spark";
+const APACHE_SPARK: &str = "https://archive.apache.org/dist/spark";
+const APACHE_HADOOP: &str = "https://archive.apache.org/dist/hadoop/common";
+const MATRIX_PIN: &str = "packer/matrix.json (Apache's SHA-512)";
 
-/// Where one image's Spark comes from, and what its checksum is checked against.
+/// One tarball a provisioner downloads: where from, and the SHA-512 it must have.
 #[derive(Debug, Clone, Serialize)]
-pub struct SparkSource {
+pub struct Download {
     pub url: String,
     pub sha512: String,
-    /// Said in the build log: the matrix's Apache pin, or the local mirror's own.
+    /// Whose SHA-512 it is, said in the build log: the matrix's Apache pin, or a local mirror's own.
     pub sha512_source: String,
 }
 
-/// What provisioned builds share: SSH settings, the Spark sources and, in
-/// the sandbox, the local instances' rootfs, key and Spark mirror.
+/// What one image downloads: Spark, and Hadoop where the matrix asks for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDownloads {
+    pub spark: Download,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hadoop: Option<Download>,
+}
+
+/// A tarball as Apache's archive lays it out: `<mirror>/<dir>/<file>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tarball {
+    pub dir: String,
+    pub file: String,
+    /// The matrix's pin: the SHA-512 of Apache's file.
+    pub pinned: String,
+}
+
+impl Tarball {
+    pub fn spark(spark: &Spark) -> Tarball {
+        let v = &spark.version;
+        Tarball {
+            dir: format!("spark-{v}"),
+            file: format!("spark-{v}-bin-{}.tgz", spark.hadoop_build),
+            pinned: spark.sha512.clone(),
+        }
+    }
+
+    pub fn hadoop(hadoop: &Hadoop) -> Tarball {
+        let v = &hadoop.version;
+        Tarball { dir: format!("hadoop-{v}"), file: format!("hadoop-{v}.tar.gz"), pinned: hadoop.sha512.clone() }
+    }
+
+    pub fn url(&self, mirror: &str) -> String {
+        format!("{}/{}/{}", mirror.trim_end_matches('/'), self.dir, self.file)
+    }
+
+    /// The matrix's pin, refused unless it is a SHA-512: real builds must
+    /// never download without checking.
+    pub fn pin(&self, apache: &str) -> Result<Download> {
+        let valid = self.pinned.len() == 128 && self.pinned.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            bail!(
+                "the matrix pins no valid SHA-512 for {} ({:?}): put the lower-case hex from {}.sha512 \
+                 in packer/matrix.json",
+                self.file,
+                self.pinned,
+                self.url(apache)
+            );
+        }
+        Ok(Download { url: self.url(apache), sha512: self.pinned.clone(), sha512_source: MATRIX_PIN.to_string() })
+    }
+}
+
+/// Where the provisioners download from: a mirror URL, and whose SHA-512s
+/// they check against.
+enum Mirror {
+    /// The matrix's pins (Apache's values), from Apache's archive or a mirror of it.
+    Pinned { url: String, apache: &'static str },
+    /// A local mirror directory served at `url`: its own .sha512 files.
+    Local { url: String, dir: PathBuf, label: String },
+}
+
+impl Mirror {
+    fn download(&self, tarball: &Tarball) -> Result<Download> {
+        match self {
+            Mirror::Pinned { url, apache } => Ok(Download { url: tarball.url(url), ..tarball.pin(apache)? }),
+            Mirror::Local { url, dir, label } => {
+                let file = dir.join(&tarball.dir).join(&tarball.file);
+                let sha512 = local::mirror::published_sha512(&file).with_context(|| {
+                    format!("the local mirror has no {}: pass --local-mirror DIR holding it", tarball.file)
+                })?;
+                Ok(Download { url: tarball.url(url), sha512, sha512_source: label.clone() })
+            }
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Mirror::Pinned { url, .. } | Mirror::Local { url, .. } => url,
+        }
+    }
+}
+
+/// What provisioned builds share: SSH settings, the downloads and, in the
+/// sandbox, the local instances' rootfs and key and the local mirror.
 pub struct Provisioning {
     pub smoke_test: bool,
     pub ssh_username: String,
     pub spark_mirror: String,
-    pub spark_sources: BTreeMap<String, SparkSource>,
+    pub hadoop_mirror: String,
+    /// Image -> its downloads, for images with Spark.
+    pub downloads: BTreeMap<String, ImageDownloads>,
     local: Option<LocalInstances>,
 }
 
@@ -332,30 +426,44 @@ struct LocalInstances {
 
 impl Provisioning {
     fn prepare(sh: &Shell, args: &Args, builds: &[Build], connection: &Connection) -> Result<Provisioning> {
-        let spark_images: BTreeMap<&str, &Spark> =
+        let images: BTreeMap<&str, &Spark> =
             builds.iter().filter_map(|b| Some((b.image.name.as_str(), b.image.spark.as_ref()?))).collect();
-        if !args.endpoint.local {
-            let spark_mirror = args.spark_mirror.clone().unwrap_or_else(|| APACHE_ARCHIVE.to_string());
-            let spark_sources = spark_images
-                .iter()
-                .map(|(image, spark)| {
-                    let source = SparkSource {
-                        url: spark_url(&spark_mirror, spark),
-                        sha512: spark.sha512.clone(),
-                        sha512_source: "packer/matrix.json (Apache's SHA-512)".to_string(),
-                    };
-                    (image.to_string(), source)
-                })
-                .collect();
-            return Ok(Provisioning {
-                smoke_test: !args.skip_smoke_test,
-                ssh_username: "ec2-user".to_string(),
-                spark_mirror,
-                spark_sources,
-                local: None,
-            });
+        let pinned = |url: &Option<String>, apache| url.clone().map(|url| Mirror::Pinned { url, apache });
+        let (spark_mirror, hadoop_mirror, local) = if args.endpoint.local {
+            Self::prepare_local(sh, args, builds, &images, connection)?
+        } else {
+            let spark = pinned(&args.spark_mirror, APACHE_SPARK);
+            let hadoop = pinned(&args.hadoop_mirror, APACHE_HADOOP);
+            (
+                spark.unwrap_or(Mirror::Pinned { url: APACHE_SPARK.to_string(), apache: APACHE_SPARK }),
+                hadoop.unwrap_or(Mirror::Pinned { url: APACHE_HADOOP.to_string(), apache: APACHE_HADOOP }),
+                None,
+            )
+        };
+        let mut downloads = BTreeMap::new();
+        for (image, spark) in &images {
+            let hadoop = spark.install_hadoop.as_ref().map(|h| hadoop_mirror.download(&Tarball::hadoop(h))).transpose();
+            let wanted = ImageDownloads { spark: spark_mirror.download(&Tarball::spark(spark))?, hadoop: hadoop? };
+            downloads.insert(image.to_string(), wanted);
         }
+        Ok(Provisioning {
+            smoke_test: !args.skip_smoke_test,
+            ssh_username: if local.is_some() { "root" } else { "ec2-user" }.to_string(),
+            spark_mirror: spark_mirror.url().to_string(),
+            hadoop_mirror: hadoop_mirror.url().to_string(),
+            downloads,
+            local,
+        })
+    }
 
+    /// The rootfs, the key (imported into the emulator) and the mirror.
+    fn prepare_local(
+        sh: &Shell,
+        args: &Args,
+        builds: &[Build],
+        images: &BTreeMap<&str, &Spark>,
+        connection: &Connection,
+    ) -> Result<(Mirror, Mirror, Option<LocalInstances>)> {
         local::instance::require_root(sh)?;
         local::instance::sweep_stale_instances(sh);
         eprintln!("local instance: preparing the Debian rootfs (debootstrap and updates, once)");
@@ -367,90 +475,50 @@ impl Provisioning {
         }
 
         let venv = local::ensure_venv(sh)?;
-        let (mirror_dir, label) = match &args.local_spark_mirror {
+        let (dir, label) = match &args.local_mirror {
             Some(dir) => (dir.clone(), format!("the .sha512 files of {} (not Apache's)", dir.display())),
             None => {
-                for spark in spark_images.values() {
-                    eprintln!(
-                        "local Spark mirror: spark-{}-bin-{} (built from the pyspark sdist, once)",
-                        spark.version, spark.hadoop_build
-                    );
-                    local::mirror::ensure_spark(sh, &venv, &spark.version, &spark.hadoop_build)?;
+                if args.spark_mirror.is_none() {
+                    for spark in images.values() {
+                        eprintln!(
+                            "local mirror: spark-{}-bin-{} (built from the pyspark sdist, once)",
+                            spark.version, spark.hadoop_build
+                        );
+                        local::mirror::ensure_spark(sh, &venv, &spark.version, &spark.hadoop_build)?;
+                    }
                 }
-                (
-                    local::mirror::mirror_dir(),
-                    "the local mirror's .sha512 (repackaged from the pyspark sdist; not Apache's)".to_string(),
-                )
+                let label = "the local mirror's .sha512 (repackaged from the pyspark sdist; not Apache's)";
+                (local::mirror::mirror_dir(), label.to_string())
             }
         };
-        let (spark_mirror, mirror) = match &args.spark_mirror {
-            Some(url) => (url.clone(), None),
-            None => {
-                let server = local::mirror::MirrorServer::start(&venv, &mirror_dir)?;
-                (server.url.clone(), Some(server))
-            }
+        let server = local::mirror::MirrorServer::start(&venv, &dir)?;
+        let served = |explicit: &Option<String>, apache| match explicit {
+            Some(url) => Mirror::Pinned { url: url.clone(), apache },
+            None => Mirror::Local { url: server.url.clone(), dir: dir.clone(), label: label.clone() },
         };
-        let mut spark_sources = BTreeMap::new();
-        for (image, spark) in &spark_images {
-            let (sha512, sha512_source) = if args.spark_mirror.is_some() {
-                (spark.sha512.clone(), "packer/matrix.json (Apache's SHA-512)".to_string())
-            } else {
-                let sha512 = local::mirror::published_sha512(&mirror_dir, &spark.version, &spark.hadoop_build)
-                    .with_context(|| format!("the local Spark mirror for {image}"))?;
-                (sha512, label.clone())
-            };
-            spark_sources
-                .insert(image.to_string(), SparkSource { url: spark_url(&spark_mirror, spark), sha512, sha512_source });
-        }
-        Ok(Provisioning {
-            smoke_test: !args.skip_smoke_test,
-            ssh_username: "root".to_string(),
-            spark_mirror,
-            spark_sources,
-            local: Some(LocalInstances { rootfs, key, _mirror: mirror }),
-        })
+        let spark = served(&args.spark_mirror, APACHE_SPARK);
+        let hadoop = served(&args.hadoop_mirror, APACHE_HADOOP);
+        Ok((spark, hadoop, Some(LocalInstances { rootfs, key, _mirror: Some(server) })))
     }
-}
-
-fn spark_url(mirror: &str, spark: &Spark) -> String {
-    format!(
-        "{}/spark-{v}/spark-{v}-bin-{h}.tgz",
-        mirror.trim_end_matches('/'),
-        v = spark.version,
-        h = spark.hadoop_build
-    )
-}
-
-/// Real builds verify Spark against the matrix's pin: refuse to start
-/// without a usable one.
-pub fn check_spark_pins(builds: &[Build]) -> Result<()> {
-    for build in builds {
-        let Some(spark) = &build.image.spark else { continue };
-        let valid = spark.sha512.len() == 128 && spark.sha512.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
-            bail!(
-                "{}: the matrix pins no valid SHA-512 for spark-{v}-bin-{h}.tgz ({:?}): put the lower-case hex from \
-                 {APACHE_ARCHIVE}/spark-{v}/spark-{v}-bin-{h}.tgz.sha512 in packer/matrix.json",
-                build.image.name,
-                spark.sha512,
-                v = spark.version,
-                h = spark.hadoop_build
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The variables a provisioned build adds: how to reach the instance, and
-/// where its Spark comes from.
+/// what to download and check.
 pub fn provisioning_vars(provisioning: &Provisioning, build: &Build, ssh: Option<(&Path, u16)>) -> serde_json::Value {
-    let spark = provisioning.spark_sources.get(&build.image.name);
+    let downloads = provisioning.downloads.get(&build.image.name);
+    let spark = downloads.map(|d| &d.spark);
+    let hadoop = downloads.and_then(|d| d.hadoop.as_ref());
+    let hadoop_version = build.image.spark.as_ref().and_then(|s| s.install_hadoop.as_ref()).map(|h| h.version.as_str());
     let mut vars = serde_json::json!({
         "ssh_username": provisioning.ssh_username,
         "spark_mirror": provisioning.spark_mirror,
         "spark_hadoop_build": build.image.spark.as_ref().map_or("none", |s| s.hadoop_build.as_str()),
         "spark_sha512": spark.map_or("", |s| s.sha512.as_str()),
         "spark_sha512_source": spark.map_or("", |s| s.sha512_source.as_str()),
+        "hadoop_version": hadoop_version.unwrap_or("none"),
+        "hadoop_mirror": provisioning.hadoop_mirror,
+        "hadoop_sha512": hadoop.map_or("", |h| h.sha512.as_str()),
+        "hadoop_sha512_source": hadoop.map_or("", |h| h.sha512_source.as_str()),
         "smoke_test": provisioning.smoke_test,
     });
     if let Some((private_key, port)) = ssh {
@@ -805,11 +873,15 @@ mod tests {
     #[test]
     fn real_builds_need_a_pinned_sha512() {
         let matrix = Matrix::parse(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
-        let mut builds = matrix.expand("default", &Filters::default(), Strategy::Copy, false).unwrap();
-        check_spark_pins(&builds).unwrap();
-        let spark = builds.iter_mut().find(|b| b.image.spark.is_some()).unwrap();
-        spark.image.spark.as_mut().unwrap().sha512 = "PENDING".to_string();
-        let error = check_spark_pins(&builds).unwrap_err().to_string();
-        assert!(error.contains("pins no valid SHA-512") && error.contains(".tgz.sha512"), "{error}");
+        let spark = matrix.images.iter().find_map(|i| i.spark.clone()).unwrap();
+        let tarball = Tarball::spark(&spark);
+        let download = tarball.pin(APACHE_SPARK).unwrap();
+        assert_eq!(download.url, format!("{APACHE_SPARK}/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz"));
+        assert_eq!(download.sha512_source, MATRIX_PIN);
+        let pending = Tarball { pinned: "PENDING".to_string(), ..tarball };
+        let error = pending.pin(APACHE_SPARK).unwrap_err().to_string();
+        assert!(error.contains("pins no valid SHA-512") && error.contains("hadoop3.tgz.sha512"), "{error}");
+        let hadoop = Tarball::hadoop(&Hadoop { version: "3.3.6".to_string(), sha512: String::new() });
+        assert_eq!(hadoop.url(APACHE_HADOOP), format!("{APACHE_HADOOP}/hadoop-3.3.6/hadoop-3.3.6.tar.gz"));
     }
 }

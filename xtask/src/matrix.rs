@@ -32,6 +32,17 @@ pub struct Spark {
     pub hadoop_build: String,
     /// SHA-512 of Apache's tarball, lowercase hex.
     pub sha512: String,
+    /// Hadoop to install next to Spark (scripts/hadoop.sh); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_hadoop: Option<Hadoop>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hadoop {
+    pub version: String,
+    /// SHA-512 of Apache's hadoop-<version>.tar.gz, lowercase hex.
+    pub sha512: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

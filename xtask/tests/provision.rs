@@ -107,7 +107,7 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     let report = json_report(&output);
     assert_eq!(report["provisioned"], true);
     assert_eq!(report["smoke_test"], true);
-    let source = &report["spark_sources"][format!("spark-{SPARK}")];
+    let source = &report["downloads"][format!("spark-{SPARK}")]["spark"];
     assert!(source["sha512_source"].as_str().unwrap().contains("not Apache's"), "{report:#}");
 
     for (name, image) in
@@ -146,7 +146,7 @@ fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
 
     let ami_list = dir.join("ami-list");
     let mirror_arg = mirror_root.to_str().unwrap();
-    let output = build_amis(&ami_list, &format!("base,spark-{SPARK}"), &["--local-spark-mirror", mirror_arg]);
+    let output = build_amis(&ami_list, &format!("base,spark-{SPARK}"), &["--local-mirror", mirror_arg]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a corrupted tarball must fail the run:\n{stdout}\n{stderr}");
@@ -193,7 +193,7 @@ fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
 
     let ami_list = dir.join("ami-list");
     let mirror_arg = mirror_root.to_str().unwrap();
-    let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--json", "--local-spark-mirror", mirror_arg]);
+    let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--json", "--local-mirror", mirror_arg]);
     assert!(!output.status.success(), "a Spark that cannot start must fail the build");
     let report = json_report(&output);
     let spark = build(&report, "spark-3.5.3-hvm-x86_64");
@@ -206,19 +206,74 @@ fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
     assert!(!ami_list.exists() || fs::read_dir(&ami_list).unwrap().next().is_none(), "a failed build recorded an ID");
 }
 
-/// lib.sh reads both checksum formats Apache has published.
+#[test]
+fn hadoop_is_installed_and_verified_when_the_matrix_asks_for_it() {
+    let dir = scratch("hadoop");
+    let mirror_root = dir.join("mirror");
+    // Spark: the cached mirror's tarball, linked, with its checksum.
+    let good = good_tarball();
+    let spark = mirror::tarball_path(&mirror_root, SPARK, "hadoop3");
+    fs::create_dir_all(spark.parent().unwrap()).unwrap();
+    fs::hard_link(&good, &spark).unwrap();
+    fs::copy(format!("{}.sha512", good.display()), format!("{}.sha512", spark.display())).unwrap();
+
+    // Hadoop: NOT Apache's tarball (this machine cannot reach Apache), but a
+    // small one this test builds with the same name and layout, whose
+    // bin/hadoop answers `hadoop version` as Hadoop does and says what it is.
+    let stage = dir.join("stage/hadoop-3.3.6/bin");
+    fs::create_dir_all(&stage).unwrap();
+    let fake = "#!/bin/sh\necho 'Hadoop 3.3.6'\necho 'spark-packer test tarball, not Apache Hadoop'\n";
+    fs::write(stage.join("hadoop"), fake).unwrap();
+    let sh = Shell::new().unwrap();
+    let bin = stage.join("hadoop");
+    cmd!(sh, "chmod 0755 {bin}").run().unwrap();
+    let hadoop = mirror_root.join("hadoop-3.3.6/hadoop-3.3.6.tar.gz");
+    fs::create_dir_all(hadoop.parent().unwrap()).unwrap();
+    let staged = dir.join("stage");
+    cmd!(sh, "tar -czf {hadoop} -C {staged} hadoop-3.3.6").run().unwrap();
+    let sum = cmd!(sh, "sha512sum {hadoop}").read().unwrap();
+    let hex = sum.split_whitespace().next().unwrap().to_string();
+    fs::write(format!("{}.sha512", hadoop.display()), format!("SHA512 (hadoop-3.3.6.tar.gz) = {hex}\n")).unwrap();
+
+    let mut matrix: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
+    let image = matrix["images"].as_array_mut().unwrap().iter_mut().find(|i| i["name"] == "spark-3.5.3").unwrap();
+    image["spark"]["install_hadoop"] = serde_json::json!({ "version": "3.3.6", "sha512": hex });
+    let matrix_file = dir.join("matrix.json");
+    fs::write(&matrix_file, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
+
+    let ami_list = dir.join("ami-list");
+    let args = ["--json", "--matrix", matrix_file.to_str().unwrap(), "--local-mirror", mirror_root.to_str().unwrap()];
+    let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &args);
+    assert!(output.status.success(), "build-amis failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = json_report(&output);
+    let downloads = &report["downloads"]["spark-3.5.3"];
+    assert_eq!(downloads["hadoop"]["sha512"], hex.as_str(), "{report:#}");
+    let spark_build = build(&report, "spark-3.5.3-hvm-x86_64");
+    let log = build_log(spark_build);
+    assert!(log.contains("hadoop-3.3.6.tar.gz.sha512 agrees with"), "the BSD-format checksum file was read:\n{log}");
+    assert!(log.contains("SHA-512 of hadoop-3.3.6.tar.gz verified"), "{log}");
+    assert!(log.contains("hadoop: Hadoop 3.3.6 installed in /opt/hadoop-3.3.6"), "{log}");
+    assert!(log.contains("smoke test: Pi is roughly 3.1"), "{log}");
+    let id = spark_build["amis"]["us-east-1"].as_str().unwrap();
+    assert_eq!(fs::read_to_string(ami_list.join("spark-3.5.3/us-east-1/hvm")).unwrap(), format!("{id}\n"));
+}
+
+/// lib.sh reads every checksum format Apache has published.
 #[test]
 fn checksum_files_in_both_formats() {
     let dir = scratch("checksums");
     let hex = "3f36a30a00b8d999065c74dcf93971a59f18ec7c06ab67391130e7c300380ca32b7062c2c14c7be5e2d858f4ae5ffde40e5103b1dbb179dd3c1da01a59eae7b0";
-    // Recorded from `sha512sum f.txt` and `gpg --print-md SHA512 f.txt` (GnuPG 2.2) of the same file.
+    // Recorded from `sha512sum f.txt`, `sha512sum --tag f.txt` and
+    // `gpg --print-md SHA512 f.txt` (GnuPG 2.2) of the same file.
     let modern = format!("{hex}  f.txt\n");
+    let bsd = format!("SHA512 (f.txt) = {hex}\n");
     let gpg = "f.txt: 3F36A30A 00B8D999 065C74DC F93971A5 9F18EC7C 06AB6739 1130E7C3 00380CA3\n       \
                2B7062C2 C14C7BE5 E2D858F4 AE5FFDE4 0E5103B1 DBB179DD 3C1DA01A 59EAE7B0\n";
     let sh = Shell::new().unwrap();
     let lib = project::root().join("scripts/lib.sh");
     let script = r#"source "$1" && sha512_from_checksum_file "$2""#;
-    for (name, text) in [("modern.sha512", modern.as_str()), ("gpg.sha512", gpg)] {
+    for (name, text) in [("modern.sha512", modern.as_str()), ("bsd.sha512", bsd.as_str()), ("gpg.sha512", gpg)] {
         let file = dir.join(name);
         fs::write(&file, text).unwrap();
         let parsed = cmd!(sh, "bash -c {script} lib {lib} {file}").read().unwrap();

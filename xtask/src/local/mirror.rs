@@ -37,17 +37,29 @@ fn checksum_path(tarball: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The SHA-512 in a `sha512sum` line (`<hex>  <file>`), lower case.
-pub fn parse_sha512sum(text: &str) -> Option<String> {
-    let hex = text.split_whitespace().next()?.to_ascii_lowercase();
+/// The SHA-512 in a checksum file, lower case, in the formats Apache has
+/// published (as scripts/lib.sh reads them): `sha512sum` (`<hex>  <file>`),
+/// BSD (`SHA512 (<file>) = <hex>`) and `gpg --print-md` (`<file>: 2A1A ...`,
+/// upper case, wrapped).
+pub fn parse_checksum_file(text: &str) -> Option<String> {
+    let first = text.split_whitespace().next()?;
+    let hex: String = if first.len() == 128 {
+        first.to_string()
+    } else if let (true, Some((_, after))) = (first == "SHA512", text.split_once(") = ")) {
+        after.trim().to_string()
+    } else {
+        text.split_once(':')?.1.split_whitespace().collect()
+    };
+    let hex = hex.to_ascii_lowercase();
     (hex.len() == 128 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
-/// The SHA-512 a mirror publishes for one tarball, from its `.sha512` file.
-pub fn published_sha512(root: &Path, version: &str, hadoop_build: &str) -> Result<String> {
-    let file = checksum_path(&tarball_path(root, version, hadoop_build));
+/// The SHA-512 a mirror publishes for a tarball, from its `.sha512` file.
+pub fn published_sha512(tarball: &Path) -> Result<String> {
+    let file = checksum_path(tarball);
     let text = fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-    parse_sha512sum(&text).with_context(|| format!("{}: no SHA-512 in sha512sum format", file.display()))
+    parse_checksum_file(&text)
+        .with_context(|| format!("{}: no SHA-512 (sha512sum, BSD or gpg --print-md format)", file.display()))
 }
 
 /// Builds the tarball for `version` from the pyspark sdist once, and returns
@@ -65,7 +77,7 @@ pub fn ensure_spark(sh: &Shell, venv: &Path, version: &str, hadoop_build: &str) 
     lock.lock().context("lock the Spark mirror")?;
     let tarball = tarball_path(&root, version, hadoop_build);
     if tarball.exists() {
-        if let Ok(sha512) = published_sha512(&root, version, hadoop_build) {
+        if let Ok(sha512) = published_sha512(&tarball) {
             return Ok(sha512);
         }
     }
@@ -119,7 +131,7 @@ pub fn ensure_spark(sh: &Shell, venv: &Path, version: &str, hadoop_build: &str) 
     cmd!(sh, "tar -czf {partial} -C {stage} {name}").quiet().run().context("pack the Spark tarball")?;
     fs::remove_dir_all(&stage)?;
     let sum = cmd!(sh, "sha512sum {partial}").quiet().read().context("run sha512sum")?;
-    let sha512 = parse_sha512sum(&sum).context("read sha512sum's output")?;
+    let sha512 = parse_checksum_file(&sum).context("read sha512sum's output")?;
     fs::write(checksum_path(&tarball), format!("{sha512}  {name}.tgz\n"))?;
     fs::rename(&partial, &tarball)?;
     Ok(sha512)
@@ -185,12 +197,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_sha512sum_lines() {
+    fn reads_checksum_files_in_every_apache_format() {
         let hex = "0bc8ced610d525caee853b4f313c0c6a57936b5034879fbd659ac1a5b87b343c2a4a03a44b68c80ee7dcb9a0c15633ef8f687a2c6d9bf9f3bc414282c4d741d9";
-        assert_eq!(parse_sha512sum(&format!("{hex}  spark-3.5.3-bin-hadoop3.tgz\n")).as_deref(), Some(hex));
-        assert_eq!(parse_sha512sum(&hex.to_uppercase()).as_deref(), Some(hex));
-        assert_eq!(parse_sha512sum("abc  file"), None);
-        assert_eq!(parse_sha512sum(""), None);
+        assert_eq!(parse_checksum_file(&format!("{hex}  spark-3.5.3-bin-hadoop3.tgz\n")).as_deref(), Some(hex));
+        assert_eq!(parse_checksum_file(&hex.to_uppercase()).as_deref(), Some(hex));
+        // Recorded from `sha512sum --tag f.txt` and `gpg --print-md SHA512 f.txt` (GnuPG 2.2).
+        let f = "3f36a30a00b8d999065c74dcf93971a59f18ec7c06ab67391130e7c300380ca32b7062c2c14c7be5e2d858f4ae5ffde40e5103b1dbb179dd3c1da01a59eae7b0";
+        assert_eq!(parse_checksum_file(&format!("SHA512 (f.txt) = {f}\n")).as_deref(), Some(f));
+        let gpg = "f.txt: 3F36A30A 00B8D999 065C74DC F93971A5 9F18EC7C 06AB6739 1130E7C3 00380CA3\n       \
+                   2B7062C2 C14C7BE5 E2D858F4 AE5FFDE4 0E5103B1 DBB179DD 3C1DA01A 59EAE7B0\n";
+        assert_eq!(parse_checksum_file(gpg).as_deref(), Some(f));
+        assert_eq!(parse_checksum_file("abc  file"), None);
+        assert_eq!(parse_checksum_file(""), None);
     }
 
     #[test]

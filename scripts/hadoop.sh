@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs Hadoop next to Spark, when the matrix asks for it: download
+# hadoop-<version>.tar.gz from the mirror, verify its SHA-512, unpack it to
+# /opt/hadoop-<version>, link /opt/hadoop, set HADOOP_HOME and PATH for
+# login shells, and check that `hadoop version` names the version.
+#
+# Environment:
+#   HADOOP_VERSION        e.g. 3.3.6
+#   HADOOP_MIRROR         base URL laid out like Apache's archive (default)
+#   HADOOP_SHA512         the expected SHA-512, lower-case hex
+#   HADOOP_SHA512_SOURCE  where that value comes from, said in the log
+set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+version=${HADOOP_VERSION:?HADOOP_VERSION is not set}
+mirror=${HADOOP_MIRROR:-https://archive.apache.org/dist/hadoop/common}
+name=hadoop-$version
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+fetch_verified "${mirror%/}/$name/$name.tar.gz" "$work/$name.tar.gz" "${HADOOP_SHA512:-}" \
+  "${HADOOP_SHA512_SOURCE:-the matrix}"
+
+log "unpacking to /opt/$name"
+rm -rf "/opt/$name" "$work/unpack"
+mkdir -p "$work/unpack"
+tar -xzf "$work/$name.tar.gz" -C "$work/unpack"
+[[ -d $work/unpack/$name ]] || die "$name.tar.gz does not hold a $name/ directory"
+mv "$work/unpack/$name" "/opt/$name"
+ln -sfn "/opt/$name" /opt/hadoop
+
+cat >/etc/profile.d/hadoop.sh <<'PROFILE'
+export HADOOP_HOME=/opt/hadoop
+export PATH="$HADOOP_HOME/bin:$PATH"
+PROFILE
+chmod 0644 /etc/profile.d/hadoop.sh
+
+reported=$(/opt/hadoop/bin/hadoop version 2>&1 | head -n 1) || die "hadoop version failed: $reported"
+[[ $reported == "Hadoop $version"* ]] || die "hadoop version says '$reported', expected Hadoop $version"
+log "hadoop: $reported installed in /opt/$name"
