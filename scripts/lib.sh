@@ -186,7 +186,8 @@ fetch_verified() {
 # Spark fails with UnknownHostException when the hostname does not resolve.
 ensure_hostname_resolves() {
   local name
-  name=$(hostname)
+  # uname -n: the `hostname` command is not on every minimal image.
+  name=$(uname -n)
   if getent hosts "$name" >/dev/null; then
     return 0
   fi

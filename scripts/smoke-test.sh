@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=/dev/null
 source /etc/profile.d/spark.sh
 [[ -x $SPARK_HOME/bin/spark-class ]] || die "no Spark in $SPARK_HOME: run spark.sh first"
-getent hosts "$(hostname)" >/dev/null || die "hostname $(hostname) does not resolve: Spark would fail"
+getent hosts "$(uname -n)" >/dev/null || die "hostname $(uname -n) does not resolve: Spark would fail"
 
 # Everything on loopback, on ports the OS picks: the test needs no network.
 export SPARK_LOCAL_IP=127.0.0.1 SPARK_DAEMON_MEMORY=512m PYSPARK_PYTHON=python3

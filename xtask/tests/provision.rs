@@ -125,8 +125,10 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     let spark_log = build_log(build(&report, &format!("spark-{SPARK}-hvm-x86_64")));
     assert!(spark_log.contains("SHA-512 of spark-3.5.3-bin-hadoop3.tgz verified"), "{spark_log}");
     assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
+    assert!(spark_log.contains(r#"Adding tag: "spark-packer:smoke-test": "passed""#), "{spark_log}");
     let base_log = build_log(build(&report, "base-hvm-x86_64"));
-    assert!(!base_log.contains("smoke test"), "the base image has no Spark to test:\n{base_log}");
+    assert!(!base_log.contains("smoke test:"), "the base image has no Spark to test:\n{base_log}");
+    assert!(base_log.contains(r#"Adding tag: "spark-packer:smoke-test": "no-spark""#), "{base_log}");
 }
 
 #[test]
@@ -261,7 +263,7 @@ fn hadoop_is_installed_and_verified_when_the_matrix_asks_for_it() {
 
 /// lib.sh reads every checksum format Apache has published.
 #[test]
-fn checksum_files_in_both_formats() {
+fn checksum_files_in_every_apache_format() {
     let dir = scratch("checksums");
     let hex = "3f36a30a00b8d999065c74dcf93971a59f18ec7c06ab67391130e7c300380ca32b7062c2c14c7be5e2d858f4ae5ffde40e5103b1dbb179dd3c1da01a59eae7b0";
     // Recorded from `sha512sum f.txt`, `sha512sum --tag f.txt` and
