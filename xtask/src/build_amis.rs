@@ -787,6 +787,12 @@ pub fn summary_table(report: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    // What the provisioners left out on purpose, e.g. gmond on Amazon Linux 2023.
+    for build in &report.builds {
+        for note in &build.notes {
+            out.push_str(&format!("note: {}: {note}\n", build.name));
+        }
+    }
     let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
     out.push_str(&format!(
         "\n{} of {} builds ok, {} AMIs recorded in {} in {:.1}s{}\n",
@@ -868,6 +874,41 @@ mod tests {
         let note = "1795609075,,ui,message,    amazon-ebs.provisioned: spark-packer: NOTE: ganglia gmond: not \
                     packaged for amzn 2023; not installed";
         assert_eq!(provisioner_says(note, "NOTE"), ["ganglia gmond: not packaged for amzn 2023; not installed"]);
+    }
+
+    #[test]
+    fn the_summary_names_what_the_provisioners_left_out() {
+        let build = BuildResult {
+            name: "base-hvm-arm64".to_string(),
+            image: "base".to_string(),
+            virt: "hvm".to_string(),
+            arch: "arm64".to_string(),
+            build_region: "us-east-1".to_string(),
+            status: Status::Ok,
+            amis: BTreeMap::from([("us-east-1".to_string(), "ami-0123456789abcdef0".to_string())]),
+            recorded: vec!["base/us-east-1/hvm-arm64".to_string()],
+            seconds: 30.0,
+            log: "log".to_string(),
+            error: None,
+            notes: vec!["ganglia gmond: not packaged for amzn 2023; not installed".to_string()],
+        };
+        let report = Report {
+            run_id: "r".to_string(),
+            started_at: "t".to_string(),
+            seconds: 30.0,
+            preset: "default".to_string(),
+            strategy: Strategy::Copy,
+            provisioned: true,
+            smoke_test: true,
+            downloads: BTreeMap::new(),
+            endpoint: None,
+            ami_list: "ami-list".to_string(),
+            git_commit: "g".to_string(),
+            builds: vec![build],
+        };
+        let summary = summary_table(&report);
+        assert!(summary.contains("note: base-hvm-arm64: ganglia gmond: not packaged for amzn 2023"), "{summary}");
+        assert!(serde_json::to_string(&report).unwrap().contains(r#""notes":["ganglia gmond"#));
     }
 
     #[test]
