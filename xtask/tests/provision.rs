@@ -173,12 +173,10 @@ fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
     assert_eq!(fs::read_to_string(ami_list.join("base/us-east-1/hvm")).unwrap(), format!("{id}\n"));
 }
 
-#[test]
-fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
-    let dir = scratch("no-start");
+/// A mirror whose Spark has the launch scripts and pi.py but no jars/: it
+/// installs and verifies fine, and its master cannot start.
+fn mirror_with_spark_that_cannot_start(dir: &Path) -> PathBuf {
     let good = good_tarball();
-    // A distribution with Spark's launch scripts and pi.py but no jars/:
-    // it installs and verifies fine, and its master cannot start.
     let name = format!("spark-{SPARK}-bin-hadoop3");
     let stage = dir.join("stage");
     fs::create_dir_all(&stage).unwrap();
@@ -192,7 +190,13 @@ fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
     let sum = cmd!(sh, "sha512sum {tarball}").read().unwrap();
     let hex = sum.split_whitespace().next().unwrap();
     fs::write(format!("{}.sha512", tarball.display()), format!("{hex}  {name}.tgz\n")).unwrap();
+    mirror_root
+}
 
+#[test]
+fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
+    let dir = scratch("no-start");
+    let mirror_root = mirror_with_spark_that_cannot_start(&dir);
     let ami_list = dir.join("ami-list");
     let mirror_arg = mirror_root.to_str().unwrap();
     let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--json", "--local-mirror", mirror_arg]);
@@ -259,6 +263,28 @@ fn hadoop_is_installed_and_verified_when_the_matrix_asks_for_it() {
     assert!(log.contains("smoke test: Pi is roughly 3.1"), "{log}");
     let id = spark_build["amis"]["us-east-1"].as_str().unwrap();
     assert_eq!(fs::read_to_string(ami_list.join("spark-3.5.3/us-east-1/hvm")).unwrap(), format!("{id}\n"));
+}
+
+/// The debugging switch really turns the smoke test off, which is why it
+/// must be loud: the Spark that cannot start becomes an AMI, tagged SKIPPED.
+#[test]
+fn skipping_the_smoke_test_says_so_everywhere() {
+    let dir = scratch("skip-smoke");
+    let mirror_root = mirror_with_spark_that_cannot_start(&dir);
+    let ami_list = dir.join("ami-list");
+    let mirror_arg = mirror_root.to_str().unwrap();
+    let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--skip-smoke-test", "--local-mirror", mirror_arg]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("WARNING: --skip-smoke-test: the Spark smoke test is OFF"), "{stderr}");
+    assert!(stdout.contains("(SMOKE TEST OFF: not shown to run Spark)"), "{stdout}");
+    let report = saved_report(&stdout);
+    assert_eq!(report["smoke_test"], false);
+    let log = build_log(build(&report, "spark-3.5.3-hvm-x86_64"));
+    assert!(log.contains("spark-packer: WARNING: smoke test OFF"), "{log}");
+    assert!(!log.contains("smoke test: starting"), "{log}");
+    assert!(log.contains(r#"Adding tag: "spark-packer:smoke-test": "SKIPPED""#), "{log}");
 }
 
 /// lib.sh reads every checksum format Apache has published.
