@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    sync::mpsc::Sender,
     time::Instant,
 };
 
@@ -16,9 +17,10 @@ use xshell::Shell;
 
 use crate::{
     ami_list::{self, Cell},
+    checks,
     endpoint::{Connection, EndpointArgs},
-    local,
-    matrix::{Build, Filters, Hadoop, Matrix, Spark, Strategy},
+    interrupt, local, lock,
+    matrix::{Build, Filters, Hadoop, Spark, Strategy},
     packer,
     progress::{Event, Printer},
     project,
@@ -102,6 +104,18 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "local")]
     pub local_mirror: Option<PathBuf>,
 
+    /// Run a build again, up to N times, when it failed for a reason that
+    /// looks transient (throttling, a request limit, a timeout). A build
+    /// whose provisioner failed is never retried.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+
+    /// Run only the builds that failed or were interrupted in an earlier run:
+    /// the last one by default, or the report named (target/build-reports/*.json).
+    /// Give the same --preset, --strategy and filters as that run.
+    #[arg(long, value_name = "REPORT", num_args = 0..=1, default_missing_value = "latest")]
+    pub resume: Option<PathBuf>,
+
     /// Read the matrix from this file instead of packer/matrix.json, e.g.
     /// to try another Spark version or source image before checking it in.
     #[arg(long, value_name = "FILE")]
@@ -138,6 +152,8 @@ pub struct BuildResult {
     /// The ami-list files written, relative to the tree.
     pub recorded: Vec<String>,
     pub seconds: f64,
+    /// Packer runs: 1, or more when transient failures were retried.
+    pub attempts: u32,
     pub log: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -152,6 +168,8 @@ pub struct BuildResult {
 pub enum Status {
     Ok,
     Failed,
+    /// Not run, or stopped, because of Ctrl-C or SIGTERM.
+    Interrupted,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,18 +203,38 @@ struct PlannedBuild<'a> {
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix_file = args.matrix.clone().unwrap_or_else(project::matrix_file);
-    let matrix = fs::read_to_string(&matrix_file)
-        .with_context(|| format!("read {}", matrix_file.display()))
-        .and_then(|text| Matrix::parse(&text))
-        .with_context(|| format!("{}: fix the file, then run `cargo xtask validate`", matrix_file.display()))?;
+    let matrix_text =
+        fs::read_to_string(&matrix_file).with_context(|| format!("read the matrix {}", matrix_file.display()))?;
+    let (problems, matrix) = checks::check_matrix(&display(&matrix_file), &matrix_text);
+    if let Some(first) = problems.first() {
+        bail!(
+            "{first}{}; fix the matrix (`cargo xtask validate` lists every problem)",
+            match problems.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            }
+        );
+    }
+    let matrix = matrix.context("the matrix could not be read")?;
     let filters = Filters {
         images: args.image.clone(),
         virts: args.virt.clone(),
         archs: args.arch.clone(),
         regions: args.region.clone(),
     };
-    let builds = matrix.expand(&args.preset, &filters, args.strategy, args.public)?;
+    let mut builds = matrix.expand(&args.preset, &filters, args.strategy, args.public)?;
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    if let Some(report) = &args.resume {
+        let report_path = if report.as_os_str() == "latest" { latest_report_path() } else { report.clone() };
+        let text = fs::read_to_string(&report_path).with_context(|| {
+            format!(
+                "read the report to resume, {}: no earlier run to resume? run without --resume",
+                report_path.display()
+            )
+        })?;
+        builds = builds_to_resume(&text, builds, &display(&ami_list_root))
+            .with_context(|| format!("resume from {}", display(&report_path)))?;
+    }
 
     if args.dry_run {
         return print_plan(&builds, &ami_list_root, args.json);
@@ -210,6 +248,11 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         );
     }
 
+    check_credentials(&args.endpoint)?;
+    let lock = lock::acquire(&ami_list_root, "build-amis")?;
+    if let Some(holder) = &lock.stale {
+        eprintln!("note: took over the lock {} left by {holder}, which is no longer running", display(&lock.path));
+    }
     let version = packer::check_installed(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
@@ -250,6 +293,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     );
     let clock = Instant::now();
     let printer = Printer::start(builds.len(), args.verbose);
+    interrupt::install(printer.sender())?;
+    if let Some(pid) = connection.emulator_pid() {
+        interrupt::kill_on_exit(pid);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(usize::from(args.jobs))
         .build()
@@ -259,7 +306,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let results: Vec<BuildResult> = pool.install(|| {
         builds
             .par_iter()
-            .map_with(worker_state, |(sh, events), build| run_build(sh, &run, provisioning, build, events))
+            .map_with(worker_state, |(sh, events), build| {
+                run_build(sh, &run, provisioning, build, args.retries, events)
+            })
             .collect()
     });
     printer.finish();
@@ -286,10 +335,96 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         println!("report: {}", display(&report_path));
     }
     let failed = report.builds.iter().filter(|b| b.status == Status::Failed).count();
+    let interrupted = report.builds.iter().filter(|b| b.status == Status::Interrupted).count();
+    drop(lock);
+    if interrupted > 0 {
+        bail!(
+            "interrupted: {interrupted} of {} builds did not finish and their ami-list files are unchanged; \
+             the finished ones are recorded. Run again with --resume to build the rest",
+            report.builds.len()
+        );
+    }
     if failed > 0 {
         bail!(
-            "{failed} of {} builds failed; their ami-list files are unchanged. See the logs named above",
+            "{failed} of {} builds failed; their ami-list files are unchanged. See the logs named above, \
+             then rerun just those with --resume",
             report.builds.len()
+        );
+    }
+    Ok(())
+}
+
+fn latest_report_path() -> PathBuf {
+    project::target_dir().join("build-reports/latest.json")
+}
+
+/// The builds of `planned` that an earlier run's report shows as failed or
+/// interrupted. Refuses a report for another ami-list tree, and one whose
+/// builds the current flags do not plan.
+pub fn builds_to_resume(report_json: &str, planned: Vec<Build>, ami_list: &str) -> Result<Vec<Build>> {
+    let report: serde_json::Value = serde_json::from_str(report_json).context("parse the report")?;
+    let wrote = report["ami_list"].as_str().unwrap_or_default();
+    if wrote != ami_list {
+        bail!("that run wrote {wrote}, not {ami_list}: pass --ami-list {wrote} to resume it");
+    }
+    let unfinished: Vec<&str> = report["builds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["status"] != "ok")
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    if unfinished.is_empty() {
+        bail!("nothing to resume: every build of run {} succeeded", report["run_id"].as_str().unwrap_or("?"));
+    }
+    let unplanned: Vec<&str> =
+        unfinished.iter().copied().filter(|name| !planned.iter().any(|b| b.name == *name)).collect();
+    if !unplanned.is_empty() {
+        bail!(
+            "{} {} not planned by these flags: use the same --preset ({}), --strategy ({}) and filters as that run",
+            unplanned.join(", "),
+            if unplanned.len() == 1 { "is" } else { "are" },
+            report["preset"].as_str().unwrap_or("?"),
+            report["strategy"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(planned.into_iter().filter(|b| unfinished.contains(&b.name.as_str())).collect())
+}
+
+/// Fails early, before any EC2 call, when Packer and the aws CLI would find
+/// no credentials at all.
+fn check_credentials(endpoint: &EndpointArgs) -> Result<()> {
+    if endpoint.local {
+        return Ok(()); // the sandbox sets its own dummy ones
+    }
+    let env = |key: &str| std::env::var_os(key).is_some_and(|v| !v.is_empty());
+    if endpoint.is_emulator() {
+        if !env("AWS_ACCESS_KEY_ID") && !env("AWS_PROFILE") {
+            bail!(
+                "no AWS credentials for the emulator: export dummy ones, e.g. \
+                 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test (never real keys)"
+            );
+        }
+        return Ok(());
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let sources = [
+        env("AWS_ACCESS_KEY_ID"),
+        env("AWS_PROFILE"),
+        env("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        env("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        env("AWS_SHARED_CREDENTIALS_FILE"),
+        env("AWS_CONFIG_FILE"),
+        env("SPARK_PACKER_INSTANCE_ROLE"),
+        home.join(".aws/credentials").exists(),
+        home.join(".aws/config").exists(),
+    ];
+    if !sources.contains(&true) {
+        bail!(
+            "no AWS credentials found (no AWS_* variables, no ~/.aws/credentials or config): \
+             run `aws configure` or `aws sso login`, or export AWS_PROFILE; on an EC2 instance \
+             with a role, set SPARK_PACKER_INSTANCE_ROLE=1. To try without AWS, use --local"
         );
     }
     Ok(())
@@ -575,13 +710,33 @@ fn run_build(
     run: &Run,
     provisioning: Option<&Provisioning>,
     build: &Build,
-    events: &std::sync::mpsc::Sender<Event>,
+    retries: u32,
+    events: &Sender<Event>,
 ) -> BuildResult {
     let clock = Instant::now();
-    let log = run.log_dir.join(format!("{}.log", build.name));
     let send = |event| {
         let _ = events.send(event);
     };
+    let mut result = BuildResult {
+        name: build.name.clone(),
+        image: build.image.name.clone(),
+        virt: build.virt.clone(),
+        arch: build.arch.clone(),
+        build_region: build.region.clone(),
+        status: Status::Interrupted,
+        amis: BTreeMap::new(),
+        recorded: Vec::new(),
+        seconds: 0.0,
+        attempts: 0,
+        log: String::new(),
+        error: None,
+        notes: Vec::new(),
+    };
+    if interrupt::interrupted() {
+        result.error = Some("not started: the run was interrupted".to_string());
+        send(Event::Skipped { build: build.name.clone(), why: "skip  ".to_string() });
+        return result;
+    }
     send(Event::Started {
         build: build.name.clone(),
         detail: match build.copy_regions.len() {
@@ -589,21 +744,30 @@ fn run_build(
             n => format!("in {}, copying to {n} regions", build.region),
         },
     });
-    let outcome =
-        packer_build(sh, run, provisioning, build, &log, |step| send(Event::Step { build: build.name.clone(), step }));
-    let mut result = BuildResult {
-        name: build.name.clone(),
-        image: build.image.name.clone(),
-        virt: build.virt.clone(),
-        arch: build.arch.clone(),
-        build_region: build.region.clone(),
-        status: Status::Failed,
-        amis: BTreeMap::new(),
-        recorded: Vec::new(),
-        seconds: 0.0,
-        log: display(&log),
-        error: None,
-        notes: fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default(),
+    let outcome = loop {
+        result.attempts += 1;
+        let log = match result.attempts {
+            1 => run.log_dir.join(format!("{}.log", build.name)),
+            n => run.log_dir.join(format!("{}.attempt-{n}.log", build.name)),
+        };
+        result.log = display(&log);
+        let outcome = packer_build(sh, run, provisioning, build, &log, |step| {
+            send(Event::Step { build: build.name.clone(), step })
+        });
+        result.notes = fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default();
+        match outcome {
+            Err(failure) if failure.transient && result.attempts <= retries && !interrupt::interrupted() => {
+                let delay_secs = retry_delay_secs(result.attempts);
+                send(Event::Retrying {
+                    build: build.name.clone(),
+                    attempt: result.attempts + 1,
+                    delay_secs,
+                    error: failure.message,
+                });
+                std::thread::sleep(std::time::Duration::from_secs(delay_secs));
+            }
+            outcome => break outcome,
+        }
     };
     match outcome {
         Ok(amis) => {
@@ -613,33 +777,54 @@ fn run_build(
                     result.recorded = recorded;
                     result.status = Status::Ok;
                 }
-                Err(e) => result.error = Some(format!("{e:#}")),
+                Err(e) => {
+                    result.status = Status::Failed;
+                    result.error = Some(format!("{e:#}"));
+                }
             }
         }
         Err(failure) => {
             result.amis = failure.amis;
-            result.error = Some(failure.message);
+            if interrupt::interrupted() {
+                result.status = Status::Interrupted;
+                result.error = Some(format!("stopped by the interrupt; Packer cleaned up (see {})", result.log));
+            } else {
+                result.status = Status::Failed;
+                result.error = Some(failure.message);
+            }
         }
     }
     result.seconds = clock.elapsed().as_secs_f64();
-    send(match &result.error {
-        None => Event::Finished {
+    send(match (&result.status, &result.error) {
+        (Status::Ok, _) => Event::Finished {
             build: build.name.clone(),
             detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
         },
-        Some(error) => Event::Failed { build: build.name.clone(), error: error.clone(), log: result.log.clone() },
+        (Status::Interrupted, _) => Event::Skipped { build: build.name.clone(), why: "STOPPED".to_string() },
+        (_, error) => Event::Failed {
+            build: build.name.clone(),
+            error: error.clone().unwrap_or_default(),
+            log: result.log.clone(),
+        },
     });
     result
+}
+
+/// 5 s, then 10 s, 20 s, ... capped at a minute: AWS throttling eases in seconds.
+pub fn retry_delay_secs(attempt: u32) -> u64 {
+    (5u64 << attempt.saturating_sub(1).min(6)).min(60)
 }
 
 struct Failure {
     message: String,
     amis: BTreeMap<String, String>,
+    /// Worth running again (see `packer::is_transient`).
+    transient: bool,
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure { message: format!("{e:#}"), amis: BTreeMap::new() }
+        Failure { message: format!("{e:#}"), amis: BTreeMap::new(), transient: false }
     }
 }
 
@@ -695,13 +880,15 @@ fn packer_build(
             Some(error) => format!("{error} (packer: {packer_message})"),
             None => packer_message,
         };
-        return Err(Failure { message, amis });
+        let transient = packer::is_transient(&message, &packer_run.output);
+        return Err(Failure { message, amis, transient });
     }
     let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
     if !missing.is_empty() {
         return Err(Failure {
             message: format!("Packer succeeded but reported no AMI for {}", missing.join(", ")),
             amis,
+            transient: false,
         });
     }
     Ok(amis)
@@ -752,6 +939,7 @@ pub fn summary_table(report: &Report) -> String {
         let status = match build.status {
             Status::Ok => "ok",
             Status::Failed => "FAILED",
+            Status::Interrupted => "INTERRUPTED",
         };
         let time = format!("{:.1}s", build.seconds);
         if build.amis.is_empty() {
@@ -854,6 +1042,7 @@ pub fn display(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::Matrix;
 
     /// Recorded from Packer 1.6.6 logs of xtask/tests/provision.rs builds.
     const FAILED_SMOKE_TEST: &str = "\
@@ -924,5 +1113,40 @@ mod tests {
         assert!(error.contains("pins no valid SHA-512") && error.contains("hadoop3.tgz.sha512"), "{error}");
         let hadoop = Tarball::hadoop(&Hadoop { version: "3.3.6".to_string(), sha512: String::new() });
         assert_eq!(hadoop.url(APACHE_HADOOP), format!("{APACHE_HADOOP}/hadoop-3.3.6/hadoop-3.3.6.tar.gz"));
+    }
+
+    fn seed_builds() -> Vec<Build> {
+        Matrix::parse(include_str!("../../packer/matrix.json"))
+            .unwrap()
+            .expand("seed-2014", &Filters::default(), Strategy::Copy, false)
+            .unwrap()
+    }
+
+    const REPORT: &str = r#"{"run_id": "r1", "preset": "seed-2014", "strategy": "copy",
+        "ami_list": "target/local/ami-list", "builds": [
+        {"name": "base-hvm-x86_64", "status": "ok"},
+        {"name": "base-pv-x86_64", "status": "failed"},
+        {"name": "spark-3.5.3-pv-x86_64", "status": "interrupted"}]}"#;
+
+    #[test]
+    fn resume_picks_the_failed_and_interrupted_builds() {
+        let builds = builds_to_resume(REPORT, seed_builds(), "target/local/ami-list").unwrap();
+        let names: Vec<&str> = builds.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["base-pv-x86_64", "spark-3.5.3-pv-x86_64"]);
+    }
+
+    #[test]
+    fn resume_refuses_another_tree_or_other_flags() {
+        let err = builds_to_resume(REPORT, seed_builds(), "ami-list").unwrap_err().to_string();
+        assert!(err.contains("pass --ami-list target/local/ami-list"), "{err}");
+        let hvm_only: Vec<Build> = seed_builds().into_iter().filter(|b| b.virt == "hvm").collect();
+        let err = builds_to_resume(REPORT, hvm_only, "target/local/ami-list").unwrap_err().to_string();
+        assert!(err.contains("use the same --preset (seed-2014), --strategy (copy)"), "{err}");
+    }
+
+    #[test]
+    fn retries_back_off_to_a_minute() {
+        let delays: Vec<u64> = (1..=6).map(retry_delay_secs).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
     }
 }

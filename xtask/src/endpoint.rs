@@ -27,7 +27,14 @@ pub struct Connection {
     pub aws: Aws,
     /// True for the sandbox or a loopback endpoint: never a real account.
     pub is_emulator: bool,
-    _emulator: Option<local::Emulator>,
+    emulator: Option<local::Emulator>,
+}
+
+impl Connection {
+    /// The sandbox emulator's process, if this connection started one.
+    pub fn emulator_pid(&self) -> Option<u32> {
+        self.emulator.as_ref().map(|e| e.pid())
+    }
 }
 
 /// Loopback endpoints are emulators; their IDs must never reach the
@@ -64,14 +71,14 @@ impl EndpointArgs {
                 endpoint: Some(emulator.endpoint()),
                 aws: emulator.aws(),
                 is_emulator: true,
-                _emulator: Some(emulator),
+                emulator: Some(emulator),
             });
         }
         Ok(Connection {
             endpoint: self.endpoint.clone(),
             aws: Aws::from_path(self.endpoint.clone()),
             is_emulator: self.is_emulator(),
-            _emulator: None,
+            emulator: None,
         })
     }
 

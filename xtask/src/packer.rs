@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
+    os::unix::process::CommandExt,
     path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
@@ -11,6 +12,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
+
+use crate::interrupt;
 
 /// The oldest Packer whose built-in amazon builders and HCL2 the templates use.
 pub const MIN_VERSION: (u32, u32, u32) = (1, 6, 6);
@@ -79,6 +82,46 @@ pub fn errors(output: &str) -> Vec<String> {
         .filter(|line| line.kind == "error" && !line.target.is_empty())
         .filter_map(|line| line.data.into_iter().next())
         .collect()
+}
+
+/// AWS answers that say "try again later", and network hiccups. A build that
+/// failed on one of these may succeed if simply run again.
+const TRANSIENT_MARKERS: [&str; 13] = [
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "Rate exceeded",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "InternalError",
+    "InsufficientInstanceCapacity",
+    "exceeded wait attempts",
+    "i/o timeout",
+    "TLS handshake timeout",
+    "connection reset by peer",
+    "Client.Timeout exceeded",
+];
+
+/// Whether a failed build is worth running again: its errors look transient
+/// and no provisioner ran (a provisioner failure is the image's fault, and
+/// repeating it only costs money).
+pub fn is_transient(failure: &str, output: &str) -> bool {
+    if output
+        .lines()
+        .filter_map(parse_line)
+        .any(|l| l.kind == "ui" && l.data.get(1).is_some_and(|text| text.contains("Provisioning with")))
+    {
+        return false;
+    }
+    let error_text = output
+        .lines()
+        .filter_map(parse_line)
+        .filter(|l| l.kind == "error" || (l.kind == "ui" && l.data.first().is_some_and(|k| k == "error")))
+        .flat_map(|l| l.data)
+        .chain(std::iter::once(failure.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    TRANSIENT_MARKERS.iter().any(|marker| error_text.contains(marker))
 }
 
 /// The step a build is on, from `ui,say,==> build: Step...` lines.
@@ -161,12 +204,17 @@ pub fn build(
         cmd!(sh, "packer build -machine-readable -color=false {only...} -var-file={var_file} {template}")
             .quiet()
             .into();
+    // Its own process group: a terminal's Ctrl-C reaches only us, and we pass
+    // Packer exactly one SIGINT (see interrupt.rs).
     let mut child = command
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("start `packer`: is it installed? (`apt-get install packer`)")?;
+    let pid = child.id();
+    interrupt::register(pid, &log.file_stem().unwrap_or_default().to_string_lossy());
 
     let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
     let stderr_log = Arc::clone(&log_file);
@@ -178,16 +226,29 @@ pub fn build(
     });
 
     let mut output = String::new();
+    let mut log_error = None;
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
-        let line = line.context("read packer output")?;
+        let line = match line {
+            Ok(line) => line,
+            // A line that is not UTF-8 is skipped; Packer must not block on a full pipe.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+            Err(_) => break,
+        };
         if let Ok(mut f) = log_file.lock() {
-            writeln!(f, "{line}").with_context(|| format!("write {}", log.display()))?;
+            if let Err(e) = writeln!(f, "{line}") {
+                log_error.get_or_insert(e);
+            }
         }
         on_line(&line);
         output.push_str(&line);
         output.push('\n');
     }
-    let status = child.wait().context("wait for packer")?;
+    let status = child.wait();
+    interrupt::unregister(pid);
+    let status = status.context("wait for packer")?;
+    if let Some(e) = log_error {
+        return Err(e).with_context(|| format!("write {}", log.display()));
+    }
     let stderr = stderr_reader.join().unwrap_or_default();
     Ok(Run { success: status.success(), output, stderr })
 }
@@ -201,6 +262,17 @@ mod tests {
     const SUCCESS: &str = include_str!("../tests/fixtures/packer-1.6.6-copy-success.txt");
     /// Recorded the same way: a source AMI filter that matches nothing.
     const NO_SOURCE: &str = include_str!("../tests/fixtures/packer-1.6.6-no-source-ami.txt");
+
+    #[test]
+    fn only_transient_api_failures_are_retried() {
+        // The recorded no-source-AMI failure is a matrix mistake: never retried.
+        assert!(!is_transient("no source AMI", NO_SOURCE));
+        assert!(is_transient("Error launching source instance: RequestLimitExceeded: Request limit exceeded.", ""));
+        assert!(is_transient("Error waiting for AMI: ResourceNotReady: exceeded wait attempts", ""));
+        let provisioned = "1,base,ui,say,==> base: Provisioning with shell script: scripts/base.sh\n\
+                           2,base,error,RequestLimitExceeded\n";
+        assert!(!is_transient("Script exited with non-zero exit status: 1", provisioned));
+    }
 
     #[test]
     fn parses_every_region_of_a_copy_build() {

@@ -9,10 +9,42 @@ use std::{
 };
 
 pub enum Event {
-    Started { build: String, detail: String },
-    Step { build: String, step: String },
-    Finished { build: String, detail: String },
-    Failed { build: String, error: String, log: String },
+    Started {
+        build: String,
+        detail: String,
+    },
+    Step {
+        build: String,
+        step: String,
+    },
+    Finished {
+        build: String,
+        detail: String,
+    },
+    Failed {
+        build: String,
+        error: String,
+        log: String,
+    },
+    /// A build that never ran, or was stopped, because of Ctrl-C or SIGTERM.
+    Skipped {
+        build: String,
+        why: String,
+    },
+    /// A signal came in: `again` means we stop waiting for `running`.
+    Interrupted {
+        running: Vec<String>,
+        again: bool,
+    },
+    /// A transient failure; the build starts over after `delay_secs`.
+    Retrying {
+        build: String,
+        attempt: u32,
+        delay_secs: u64,
+        error: String,
+    },
+    /// Sent by `finish`: other senders (the signal handler) may outlive the run.
+    Done,
 }
 
 pub struct Printer {
@@ -58,8 +90,42 @@ impl Printer {
                         let first_line = error.lines().next().unwrap_or("");
                         eprintln!("[{done:>width$}/{total}] FAILED {build}: {first_line} (log: {log})");
                     }
+                    Ok(Event::Skipped { build, why }) => {
+                        done += 1;
+                        running.remove(&build);
+                        eprintln!("[{done:>width$}/{total}] {why} {build}");
+                    }
+                    Ok(Event::Interrupted { running: builds, again: false }) => {
+                        eprintln!(
+                            "interrupted: stopping {} running build{} ({}); Packer is cleaning up \
+                             (terminating instances, deleting temporary key pairs and security groups). \
+                             Nothing new starts. Press Ctrl-C again to stop waiting.",
+                            builds.len(),
+                            if builds.len() == 1 { "" } else { "s" },
+                            builds.join(", ")
+                        );
+                    }
+                    Ok(Event::Interrupted { running: builds, again: true }) => {
+                        if builds.is_empty() {
+                            eprintln!("not waiting any longer; no Packer process was still running.");
+                        } else {
+                            eprintln!(
+                                "not waiting any longer. These builds may still have an instance, key pair or \
+                                 security group in EC2: {}. Their logs are under target/packer-logs/; find \
+                                 leftovers with `aws ec2 describe-instances --filters \
+                                 Name=tag:managed-by,Values=spark-packer Name=instance-state-name,Values=pending,running`.",
+                                builds.join(", ")
+                            );
+                        }
+                    }
+                    Ok(Event::Retrying { build, attempt, delay_secs, error }) => {
+                        let first_line = error.lines().next().unwrap_or("");
+                        eprintln!(
+                            "[{done:>width$}/{total}] retry  {build} (attempt {attempt}) in {delay_secs}s after: {first_line}"
+                        );
+                    }
+                    Ok(Event::Done) | Err(RecvTimeoutError::Disconnected) => break,
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
                 }
                 if !running.is_empty() && last_beat.elapsed() >= HEARTBEAT {
                     last_beat = Instant::now();
@@ -78,6 +144,7 @@ impl Printer {
 
     /// Waits until every event sent so far is printed.
     pub fn finish(self) {
+        let _ = self.tx.send(Event::Done);
         drop(self.tx);
         let _ = self.handle.join();
     }

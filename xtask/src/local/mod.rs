@@ -10,6 +10,7 @@ pub mod mirror;
 use std::{
     fs::{self, File},
     net::{Ipv4Addr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -112,7 +113,10 @@ impl Emulator {
         let port = free_port()?;
         let log = sandbox_dir().join(format!("moto-{port}.log"));
         let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        // Its own process group, so a terminal's Ctrl-C leaves it serving
+        // while Packer cleans up; Drop stops it.
         let child = Command::new(venv.join("bin/moto_server"))
+            .process_group(0)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_AMIS_PATH", source_amis())
             .stdin(Stdio::null())
@@ -137,6 +141,10 @@ impl Emulator {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn endpoint(&self) -> String {

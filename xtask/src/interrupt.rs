@@ -1,0 +1,107 @@
+//! Ctrl-C and SIGTERM during a build. Packer runs in its own process group,
+//! so a terminal's Ctrl-C reaches only us; we pass one SIGINT to each Packer,
+//! which then cancels its build and cleans up (terminates the instance,
+//! deletes the temporary key pair and security group). Builds not yet started
+//! never start. A second signal stops waiting and says what may still run.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::Sender,
+        Mutex,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use nix::{
+    sys::signal::{killpg, Signal},
+    unistd::Pid,
+};
+
+use crate::progress::Event;
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// Process group (Packer's pid) -> the build it runs.
+static RUNNING: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
+/// Processes to kill if we exit without waiting: the local emulator.
+static KILL_ON_EXIT: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// How long the first signal waits for Packer to clean up before giving up.
+pub const CLEANUP_BOUND: Duration = Duration::from_secs(300);
+
+/// Routes SIGINT and SIGTERM here for the rest of the process; reports go to
+/// the printer through `events`.
+pub fn install(events: Sender<Event>) -> Result<()> {
+    ctrlc::set_handler(move || on_signal(&events)).context("install the Ctrl-C handler")
+}
+
+/// True once a signal has arrived: start nothing new.
+pub fn interrupted() -> bool {
+    SIGNALS.load(Ordering::SeqCst) > 0
+}
+
+/// Tracks a Packer process (a process-group leader). If a signal came in
+/// just before, it is passed on at once.
+pub fn register(pid: u32, build: &str) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.insert(pid, build.to_string());
+    }
+    if interrupted() {
+        forward(pid);
+    }
+}
+
+pub fn unregister(pid: u32) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.remove(&pid);
+    }
+}
+
+pub fn kill_on_exit(pid: u32) {
+    if let Ok(mut pids) = KILL_ON_EXIT.lock() {
+        pids.push(pid);
+    }
+}
+
+fn forward(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
+    }
+}
+
+fn running_builds() -> Vec<String> {
+    RUNNING.lock().map(|r| r.values().cloned().collect()).unwrap_or_default()
+}
+
+fn on_signal(events: &Sender<Event>) {
+    let count = SIGNALS.fetch_add(1, Ordering::SeqCst) + 1;
+    if count == 1 {
+        let pids: Vec<u32> = RUNNING.lock().map(|r| r.keys().copied().collect()).unwrap_or_default();
+        for pid in &pids {
+            forward(*pid);
+        }
+        let _ = events.send(Event::Interrupted { running: running_builds(), again: false });
+        let events = events.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(CLEANUP_BOUND);
+            give_up(&events);
+        });
+    } else {
+        give_up(events);
+    }
+}
+
+/// Stops waiting: names what may still be running, then exits 130.
+fn give_up(events: &Sender<Event>) {
+    let _ = events.send(Event::Interrupted { running: running_builds(), again: true });
+    for pid in KILL_ON_EXIT.lock().map(|p| p.clone()).unwrap_or_default() {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    // Let the printer say it before the process goes.
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(130);
+}
