@@ -20,6 +20,7 @@ use crate::{
     ami_list,
     aws::{Aws, ImageWithSnapshots, InstanceImage, TemplateImage},
     endpoint::EndpointArgs,
+    lock,
     matrix::Matrix,
     progress::{Event, Printer},
     project,
@@ -487,6 +488,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         );
     }
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    // Deleting must not race a build that is about to record a new ID; a dry
+    // run changes nothing, so it needs no lock.
+    let _lock = if args.yes { Some(lock::acquire(&ami_list_root, "clean-old-amis")?) } else { None };
     // An emulator's default tree is missing until something is built there, and
     // its AMIs are no one's; anywhere else a missing tree is a mistake.
     let (listed, listed_regions) = if ami_list_root.is_dir() {

@@ -408,3 +408,18 @@ fn bad_input_gets_a_one_line_error_that_names_the_fix() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
+
+#[test]
+fn clean_old_amis_yes_waits_for_no_one_and_is_refused_while_a_build_holds_the_tree() {
+    let tree = scratch("clean-lock").join("ami-list");
+    fs::create_dir_all(&tree).unwrap();
+    let held = lock::acquire(&tree, "build-amis").unwrap();
+    let output =
+        xtask(&["clean-old-amis", "--yes", "--endpoint", "http://127.0.0.1:9", "--ami-list", tree.to_str().unwrap()])
+            .output()
+            .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("is in use by `build-amis` (pid {}", std::process::id())), "{stderr}");
+    drop(held);
+}
