@@ -96,8 +96,8 @@ impl EndpointArgs {
         let chosen = explicit.map(Path::to_path_buf).unwrap_or(default);
         if self.is_emulator() && same_dir(&chosen, &project::checked_in_ami_list()) {
             bail!(
-                "refusing to write emulator AMI IDs into the checked-in {}: \
-                 drop --ami-list to use the default under target/, or name another directory",
+                "refusing to pair an emulator with the checked-in {}: it holds real AWS IDs, and emulator \
+                 IDs must never reach it; drop --ami-list to use the default under target/, or name another directory",
                 chosen.display()
             );
         }
@@ -129,7 +129,7 @@ mod tests {
     fn emulators_never_write_the_checked_in_ami_list() {
         let local = EndpointArgs { endpoint: None, local: true };
         let err = local.ami_list(Some(&project::checked_in_ami_list())).unwrap_err();
-        assert!(err.to_string().contains("refusing to write emulator AMI IDs"), "{err}");
+        assert!(err.to_string().contains("refusing to pair an emulator with the checked-in"), "{err}");
         assert!(local.ami_list(None).unwrap().starts_with(project::target_dir()));
         let emulator = EndpointArgs { endpoint: Some("http://127.0.0.1:5000".into()), local: false };
         assert!(emulator.ami_list(None).unwrap().starts_with(project::target_dir()));

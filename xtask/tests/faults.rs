@@ -321,7 +321,7 @@ fn bad_input_gets_a_one_line_error_that_names_the_fix() {
             "emulator into checked-in tree",
             args(&["build-amis", "--local", "--ami-list", &s(&project::checked_in_ami_list())]),
             vec![],
-            "refusing to write emulator AMI IDs into the checked-in",
+            "refusing to pair an emulator with the checked-in",
         ),
         (
             "missing matrix",
