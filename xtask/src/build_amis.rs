@@ -1077,6 +1077,7 @@ mod tests {
             amis: BTreeMap::from([("us-east-1".to_string(), "ami-0123456789abcdef0".to_string())]),
             recorded: vec!["base/us-east-1/hvm-arm64".to_string()],
             seconds: 30.0,
+            attempts: 1,
             log: "log".to_string(),
             error: None,
             notes: vec!["ganglia gmond: not packaged for amzn 2023; not installed".to_string()],
