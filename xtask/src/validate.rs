@@ -103,11 +103,17 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     };
 
     packer::check_installed(sh)?;
-    report.problems.extend(validate_templates(sh, &builds)?);
-    report.checked.insert("packer builds", builds.len());
-
     let scripts = provisioners()?;
-    report.problems.extend(shellcheck(sh, &scripts)?);
+    // Both are a few external processes each: run them all at once.
+    let (sh_templates, sh_scripts) = (sh.clone(), sh.clone());
+    let (builds_ref, scripts_ref) = (&builds, &scripts);
+    let (templates, shell) = rayon::join(
+        move || validate_templates(&sh_templates, builds_ref),
+        move || shellcheck(&sh_scripts, scripts_ref),
+    );
+    report.problems.extend(templates?);
+    report.checked.insert("packer builds", builds.len());
+    report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
 
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
@@ -182,8 +188,9 @@ fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec
         created_at: "1970-01-01T00:00:00Z".to_string(),
         endpoint: None,
         skip_aws_validation: false,
-        // As build-amis runs today: API-only until the provisioners land.
-        provision: false,
+        // The template holds both builds (api_only and provisioned); one
+        // validate checks both.
+        provision: true,
         log_dir: dir,
         ami_list: PathBuf::new(),
     };
@@ -295,18 +302,28 @@ fn shellcheck(sh: &Shell, scripts: &[PathBuf]) -> Result<Vec<Problem>> {
     if cmd!(sh, "shellcheck --version").quiet().ignore_status().output().is_err() {
         bail!("`shellcheck` not found: install it with `apt-get install shellcheck` (or run dev/setup)");
     }
-    let _dir = sh.push_dir(project::root());
-    let relative: Vec<PathBuf> =
-        scripts.iter().map(|s| s.strip_prefix(project::root()).unwrap_or(s).to_path_buf()).collect();
-    let output = cmd!(sh, "shellcheck -x -f gcc {relative...}").quiet().ignore_status().output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut problems = parse_shellcheck(&text);
-    if !output.status.success() && problems.is_empty() {
-        problems.push(Problem {
-            path: "scripts".to_string(),
-            line: 1,
-            message: format!("shellcheck failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
-        });
+    // One process per script, in parallel: shellcheck -x rereads the sourced
+    // helpers for each script, and one process uses one core.
+    let results: Vec<Result<Vec<Problem>>> = scripts
+        .par_iter()
+        .map_with(sh.clone(), |sh, script| {
+            let _dir = sh.push_dir(project::root());
+            let relative = script.strip_prefix(project::root()).unwrap_or(script);
+            let output = cmd!(sh, "shellcheck -x -f gcc {relative}").quiet().ignore_status().output()?;
+            let mut problems = parse_shellcheck(&String::from_utf8_lossy(&output.stdout));
+            if !output.status.success() && problems.is_empty() {
+                problems.push(Problem {
+                    path: display(script),
+                    line: 1,
+                    message: format!("shellcheck failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+                });
+            }
+            Ok(problems)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for result in results {
+        problems.extend(result?);
     }
     Ok(problems)
 }
