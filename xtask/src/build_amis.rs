@@ -297,6 +297,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     if let Some(pid) = connection.emulator_pid() {
         interrupt::kill_on_exit(pid);
     }
+    if provisioning.as_ref().is_some_and(|p| p.local.is_some()) {
+        interrupt::at_give_up(local::instance::tear_down_own_instances);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(usize::from(args.jobs))
         .build()

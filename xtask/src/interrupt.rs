@@ -27,6 +27,8 @@ static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 static RUNNING: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
 /// Processes to kill if we exit without waiting: the local emulator.
 static KILL_ON_EXIT: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Cleanups to run if we exit without waiting (Drop will not run then).
+static AT_GIVE_UP: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
 
 /// How long the first signal waits for Packer to clean up before giving up.
 pub const CLEANUP_BOUND: Duration = Duration::from_secs(300);
@@ -65,6 +67,14 @@ pub fn kill_on_exit(pid: u32) {
     }
 }
 
+/// Runs `cleanup` if the run stops waiting for its builds (a second signal),
+/// an exit on which no destructor runs.
+pub fn at_give_up(cleanup: fn()) {
+    if let Ok(mut cleanups) = AT_GIVE_UP.lock() {
+        cleanups.push(cleanup);
+    }
+}
+
 fn forward(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
@@ -96,6 +106,9 @@ fn on_signal(events: &Sender<Event>) {
 /// Stops waiting: names what may still be running, then exits 130.
 fn give_up(events: &Sender<Event>) {
     let _ = events.send(Event::Interrupted { running: running_builds(), again: true });
+    for cleanup in AT_GIVE_UP.lock().map(|c| c.clone()).unwrap_or_default() {
+        cleanup();
+    }
     for pid in KILL_ON_EXIT.lock().map(|p| p.clone()).unwrap_or_default() {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);

@@ -322,6 +322,20 @@ pub fn sweep_stale_instances(sh: &Shell) {
     }
 }
 
+/// Tears down this process's own instances. For an exit that skips Drop:
+/// the second Ctrl-C, which stops waiting for Packer.
+pub fn tear_down_own_instances() {
+    let Ok(sh) = Shell::new() else { return };
+    let Ok(entries) = fs::read_dir(instances_dir()) else { return };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.rsplit('-').nth(1).and_then(|pid| pid.parse::<u32>().ok()) == Some(me) {
+            let _ = tear_down(&sh, &entry.path());
+        }
+    }
+}
+
 /// Mount points at or under `dir`, from /proc/mounts (octal escapes undone).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let text = fs::read_to_string("/proc/mounts").unwrap_or_default();
