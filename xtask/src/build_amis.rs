@@ -253,7 +253,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     if let Some(holder) = &lock.stale {
         eprintln!("note: took over the lock {} left by {holder}, which is no longer running", display(&lock.path));
     }
-    let version = packer::check_installed(sh)?;
+    let version = packer::check_installed_cached(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
     let provisioning = if provision { Some(Provisioning::prepare(sh, args, &builds, &connection)?) } else { None };

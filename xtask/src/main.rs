@@ -45,6 +45,9 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> anyhow::Result<()> {
     let sh = xshell::Shell::new()?;
     sh.change_dir(project::root());
+    // Packer's checkpoint phones HashiCorp on every run; a build farm talks to
+    // EC2 and nothing else.
+    sh.set_var("CHECKPOINT_DISABLE", "1");
     match cli.command {
         Command::BuildAmis(args) => build_amis::main(&sh, &args),
         Command::Validate(args) => validate::main(&sh, &args),
