@@ -266,6 +266,13 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         if !p.smoke_test {
             eprintln!("{SMOKE_TEST_OFF}");
         }
+        if p.local.is_some() && builds.iter().any(|b| b.arch != std::env::consts::ARCH) {
+            eprintln!(
+                "note: the local instance is {} Debian; builds for other architectures are provisioned on it, \
+                 which proves the scripts and the Spark job but not the architecture",
+                std::env::consts::ARCH
+            );
+        }
     }
 
     let started = project::now_secs();
