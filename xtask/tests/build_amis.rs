@@ -6,31 +6,15 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
 use xshell::Shell;
 use xtask::{aws::Image, local, project};
 
-const SEED_REGIONS: [&str; 8] = [
-    "ap-northeast-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "eu-west-1",
-    "sa-east-1",
-    "us-east-1",
-    "us-west-1",
-    "us-west-2",
-];
-
-/// A fresh directory for one test under target/, so runs never share state.
-fn scratch(name: &str) -> PathBuf {
-    let dir = project::target_dir().join("test-scratch").join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{scratch, SEED_REGIONS};
 
 fn build_amis(emulator: &local::Emulator, ami_list: &Path, extra: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));

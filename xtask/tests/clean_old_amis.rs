@@ -23,14 +23,12 @@ use xtask::{
     local, project,
 };
 
+mod common;
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = project::target_dir().join("test-scratch").join(format!("clean-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch(&format!("clean-{name}"))
 }
 
 /// The venv's aws CLI against the emulator, for seeding and inspecting.

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -16,36 +16,8 @@ use nix::{
 use xshell::Shell;
 use xtask::{local, lock, project};
 
-const SEED_REGIONS: [&str; 8] = [
-    "ap-northeast-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "eu-west-1",
-    "sa-east-1",
-    "us-east-1",
-    "us-west-1",
-    "us-west-2",
-];
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = project::target_dir().join("test-scratch").join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn xtask(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    command.args(args);
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        command.env(key, value);
-    }
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
+mod common;
+use common::{scratch, text, xtask, SEED_REGIONS};
 
 fn build_args<'a>(endpoint: &'a str, tree: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["build-amis", "--no-provision", "--preset", "seed-2014", "--json", "--endpoint", endpoint];

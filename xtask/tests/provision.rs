@@ -21,13 +21,11 @@ use xtask::{
     project,
 };
 
+mod common;
 const SPARK: &str = "3.5.3";
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = project::target_dir().join("test-scratch").join(format!("provision-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch(&format!("provision-{name}"))
 }
 
 /// Runs `build-amis --local` for hvm x86_64 in us-east-1 and checks that the

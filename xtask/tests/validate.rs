@@ -2,40 +2,19 @@
 //! test), and `--online` catches what EC2 no longer agrees with, against a
 //! real moto server with AMIs the real Packer made.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::{fs, path::Path};
 
 use xshell::{cmd, Shell};
-use xtask::{local, project};
+use xtask::local;
 
-fn xtask(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    command.args(args);
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        command.env(key, value);
-    }
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
+mod common;
+use common::{scratch, text, xtask};
 
 #[test]
 fn the_repository_validates_offline() {
     let output = xtask(&["validate"]).output().unwrap();
     assert!(output.status.success(), "validate failed on the checked-in tree:\n{}", text(&output));
     assert!(text(&output).contains(": ok"), "{}", text(&output));
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = project::target_dir().join("test-scratch").join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn read_id(tree: &Path, cell: &str) -> String {
