@@ -22,13 +22,7 @@ trap 'rm -rf "$work"' EXIT
 fetch_verified "${mirror%/}/$name/$name.tar.gz" "$work/$name.tar.gz" "${HADOOP_SHA512:-}" \
   "${HADOOP_SHA512_SOURCE:-the matrix}"
 
-log "unpacking to /opt/$name"
-rm -rf "/opt/$name" "$work/unpack"
-mkdir -p "$work/unpack"
-tar -xzf "$work/$name.tar.gz" -C "$work/unpack"
-[[ -d $work/unpack/$name ]] || die "$name.tar.gz does not hold a $name/ directory"
-mv "$work/unpack/$name" "/opt/$name"
-ln -sfn "/opt/$name" /opt/hadoop
+unpack_and_link "$work/$name.tar.gz" "$name" "/opt/$name" /opt/hadoop
 
 cat >/etc/profile.d/hadoop.sh <<'PROFILE'
 export HADOOP_HOME=/opt/hadoop

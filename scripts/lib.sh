@@ -183,6 +183,20 @@ fetch_verified() {
   verify_sha512 "$file" "$expected" "$source"
 }
 
+# unpack_and_link TARBALL TOP DEST LINK: unpacks TARBALL, which must hold one
+# TOP/ directory, to DEST (replacing it) and points the symlink LINK at DEST.
+unpack_and_link() {
+  local tarball=$1 top=$2 dest=$3 link=$4 unpack
+  log "unpacking to $dest"
+  unpack=$(mktemp -d "$(dirname "$tarball")/unpack.XXXXXX")
+  rm -rf "$dest"
+  tar -xzf "$tarball" -C "$unpack"
+  [[ -d $unpack/$top ]] || die "$(basename "$tarball") does not hold a $top/ directory"
+  mv "$unpack/$top" "$dest"
+  rm -rf "$unpack"
+  ln -sfn "$dest" "$link"
+}
+
 # Spark fails with UnknownHostException when the hostname does not resolve.
 ensure_hostname_resolves() {
   local name

@@ -24,13 +24,7 @@ trap 'rm -rf "$work"' EXIT
 
 fetch_verified "${mirror%/}/spark-$version/$name.tgz" "$work/$name.tgz" "${SPARK_SHA512:-}" "$source_label"
 
-log "unpacking to /opt/spark-$version"
-rm -rf "/opt/spark-$version" "$work/unpack"
-mkdir -p "$work/unpack"
-tar -xzf "$work/$name.tgz" -C "$work/unpack"
-[[ -d $work/unpack/$name ]] || die "$name.tgz does not hold a $name/ directory"
-mv "$work/unpack/$name" "/opt/spark-$version"
-ln -sfn "/opt/spark-$version" /opt/spark
+unpack_and_link "$work/$name.tgz" "$name" "/opt/spark-$version" /opt/spark
 
 cat >/etc/profile.d/spark.sh <<'PROFILE'
 export SPARK_HOME=/opt/spark
