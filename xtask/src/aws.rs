@@ -2,7 +2,10 @@
 //! SSO), and it honours `--endpoint-url` for the emulator. Output is parsed
 //! with serde; credentials stay in the environment.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -230,6 +233,15 @@ impl Aws {
 
     pub fn delete_snapshot(&self, sh: &Shell, region: &str, snapshot_id: &str) -> Result<()> {
         self.ec2(sh, region, &["delete-snapshot", "--snapshot-id", snapshot_id]).map(drop)
+    }
+
+    /// Imports a public key as key pair `name`; one already there is fine.
+    pub fn import_key_pair(&self, sh: &Shell, region: &str, name: &str, public_key: &Path) -> Result<()> {
+        let material = format!("fileb://{}", public_key.display());
+        match self.ec2(sh, region, &["import-key-pair", "--key-name", name, "--public-key-material", &material]) {
+            Err(e) if format!("{e:#}").contains("Duplicate") => Ok(()),
+            result => result.map(drop),
+        }
     }
 }
 

@@ -7,18 +7,17 @@
 use std::{
     fs::{self, File},
     io::Read,
-    net::{Ipv4Addr, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{free_port, sandbox_dir};
+use super::{free_port, sandbox_dir, wait_for_port, NotListening};
 use crate::aws::Aws;
 
 /// What the cached rootfs holds before any provisioner runs. Java is here
@@ -172,22 +171,9 @@ pub fn ensure_ssh_key(sh: &Shell) -> Result<SshKey> {
 /// Imports the sandbox key into the emulator, so Packer can name it in
 /// `ssh_keypair_name` when it launches the (emulated) instance.
 pub fn import_key_pair(sh: &Shell, aws: &Aws, region: &str, key: &SshKey) -> Result<()> {
-    let program = &aws.program;
-    let endpoint: Vec<String> = aws.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
-    let material = format!("fileb://{}.pub", key.private_key.display());
-    let output = cmd!(
-        sh,
-        "{program} {endpoint...} --region {region} ec2 import-key-pair --key-name {KEYPAIR_NAME} --public-key-material {material}"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("run the aws CLI to import the sandbox key")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() && !stderr.contains("Duplicate") {
-        bail!("import the sandbox key into the emulator in {region}: {}", stderr.trim());
-    }
-    Ok(())
+    let public_key = PathBuf::from(format!("{}.pub", key.private_key.display()));
+    aws.import_key_pair(sh, region, KEYPAIR_NAME, &public_key)
+        .with_context(|| format!("import the sandbox key into the emulator in {region}"))
 }
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
@@ -252,23 +238,23 @@ impl Instance {
             .stderr(log_file)
             .spawn()
             .context("start sshd in the instance with chroot")?;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if let Some(status) = child.try_wait()? {
+        match wait_for_port(&mut child, port, Duration::from_secs(15))? {
+            Ok(()) => {
+                self.port = port;
+                self.sshd = Some(child);
+                Ok(())
+            }
+            Err(NotListening::Exited(status)) => {
                 let mut text = String::new();
                 let _ = File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
                 bail!("sshd in the local instance exited ({status}): {}", text.trim());
             }
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                self.port = port;
-                self.sshd = Some(child);
-                return Ok(());
+            Err(NotListening::TimedOut) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("sshd in the local instance did not listen on port {port} within 15s; see {}", log.display())
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("sshd in the local instance did not listen on port {port} within 15s; see {}", log.display())
     }
 }
 

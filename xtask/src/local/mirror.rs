@@ -8,16 +8,15 @@
 
 use std::{
     fs::{self, File},
-    net::{Ipv4Addr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{free_port, sandbox_dir};
+use super::{free_port, sandbox_dir, wait_for_port, NotListening};
 
 /// The one Hadoop build the pyspark sdist gives.
 pub const HADOOP_BUILD: &str = "hadoop3";
@@ -169,19 +168,17 @@ impl MirrorServer {
             .stderr(log_file)
             .spawn()
             .context("start the Spark mirror (python3 -m http.server from the sandbox venv)")?;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if let Some(status) = child.try_wait()? {
-                bail!("the Spark mirror exited ({status}) before it was ready; see {}", log.display());
+        match wait_for_port(&mut child, port, Duration::from_secs(15))? {
+            Ok(()) => Ok(MirrorServer { child, url: format!("http://127.0.0.1:{port}") }),
+            Err(NotListening::Exited(status)) => {
+                bail!("the Spark mirror exited ({status}) before it was ready; see {}", log.display())
             }
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return Ok(MirrorServer { child, url: format!("http://127.0.0.1:{port}") });
+            Err(NotListening::TimedOut) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the Spark mirror did not listen on port {port} within 15s; see {}", log.display())
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("the Spark mirror did not listen on port {port} within 15s; see {}", log.display())
     }
 }
 

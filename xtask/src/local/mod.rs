@@ -12,7 +12,7 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -87,6 +87,28 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Why a server the sandbox started is not listening.
+pub enum NotListening {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Waits until `child` listens on 127.0.0.1:`port`; stops early if it exits.
+/// The outer error is a failure to ask; the inner one says why it is not up.
+pub fn wait_for_port(child: &mut Child, port: u16, limit: Duration) -> Result<Result<(), NotListening>> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Err(NotListening::Exited(status)));
+        }
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(Ok(()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Err(NotListening::TimedOut))
+}
+
 /// A running moto server; stopped when dropped.
 pub struct Emulator {
     child: Child,
@@ -130,17 +152,15 @@ impl Emulator {
     }
 
     fn wait_until_ready(&mut self, limit: Duration) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("moto_server exited ({status}) before it was ready; see {}", self.log.display());
+        match wait_for_port(&mut self.child, self.port, limit)? {
+            Ok(()) => Ok(()),
+            Err(NotListening::Exited(status)) => {
+                bail!("moto_server exited ({status}) before it was ready; see {}", self.log.display())
             }
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
-                return Ok(());
+            Err(NotListening::TimedOut) => {
+                bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
     }
 
     pub fn pid(&self) -> u32 {
