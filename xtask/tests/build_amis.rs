@@ -11,10 +11,10 @@ use std::{
 };
 
 use xshell::Shell;
-use xtask::{aws::Image, local, project};
+use xtask::{aws::Image, local};
 
 mod common;
-use common::{scratch, SEED_REGIONS};
+use common::{emulator_shell, matrix_with_unmatched_pv_source, scratch, SEED_REGIONS};
 
 fn build_amis(emulator: &local::Emulator, ami_list: &Path, extra: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -66,10 +66,7 @@ fn seed_cells() -> Vec<String> {
 
 /// The factory's images in every seed region, as the emulator reports them.
 fn images_by_region(emulator: &local::Emulator) -> BTreeMap<String, BTreeMap<String, Image>> {
-    let sh = Shell::new().unwrap();
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        sh.set_var(key, value);
-    }
+    let sh = emulator_shell();
     let aws = emulator.aws();
     SEED_REGIONS
         .iter()
@@ -113,10 +110,7 @@ fn assert_succeeded(output: &Output) {
 
 /// Instances launched per region, whatever their state now.
 fn launches(emulator: &local::Emulator) -> BTreeMap<String, usize> {
-    let sh = Shell::new().unwrap();
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        sh.set_var(key, value);
-    }
+    let sh = emulator_shell();
     let aws = emulator.aws();
     SEED_REGIONS
         .iter()
@@ -183,12 +177,7 @@ fn a_failing_build_leaves_the_others_written_and_its_own_ids_untouched() {
     let earlier_tree = read_tree(&ami_list);
 
     // A PV source filter that matches nothing makes the two PV builds fail.
-    let mut matrix: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
-    let pv = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "pv").unwrap();
-    pv["archs"][0]["source_ami"]["name"] = "no-such-source-image-*".into();
-    let broken_matrix = dir.join("matrix.json");
-    fs::write(&broken_matrix, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
+    let broken_matrix = matrix_with_unmatched_pv_source(&dir);
 
     let output = build_amis(&emulator, &ami_list, &["--matrix", broken_matrix.to_str().unwrap()]);
     assert!(!output.status.success(), "a failed build must fail the run");

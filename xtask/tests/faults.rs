@@ -17,7 +17,7 @@ use xshell::Shell;
 use xtask::{local, lock, project};
 
 mod common;
-use common::{scratch, text, xtask, SEED_REGIONS};
+use common::{emulator_shell, matrix_with_unmatched_pv_source, path_with_venv_aws, scratch, text, xtask, SEED_REGIONS};
 
 fn build_args<'a>(endpoint: &'a str, tree: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["build-amis", "--no-provision", "--preset", "seed-2014", "--json", "--endpoint", endpoint];
@@ -53,10 +53,7 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 fn instance_states(emulator: &local::Emulator) -> BTreeMap<String, usize> {
-    let sh = Shell::new().unwrap();
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        sh.set_var(key, value);
-    }
+    let sh = emulator_shell();
     let aws = emulator.aws();
     let mut total = BTreeMap::new();
     for region in SEED_REGIONS {
@@ -100,8 +97,7 @@ fn sigint_mid_build_leaves_nothing_running_and_only_complete_ids() {
     assert!(states.get("terminated").copied().unwrap_or(0) >= ok, "{states:?}");
 
     // Every recorded ID is complete and correct, in EC2's own words.
-    let venv_bin = emulator.aws().program.parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = path_with_venv_aws(&emulator);
     let validated =
         xtask(&["validate", "--online", "--preset", "seed-2014", "--endpoint", &endpoint, "--ami-list", tree_arg])
             .env("PATH", path)
@@ -151,12 +147,7 @@ fn resume_rebuilds_only_the_failed_builds() {
     let tree_arg = tree.to_str().unwrap();
 
     // Inject a failure: a PV source filter that matches nothing.
-    let mut matrix: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
-    let pv = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "pv").unwrap();
-    pv["archs"][0]["source_ami"]["name"] = "no-such-source-image-*".into();
-    let broken = dir.join("matrix.json");
-    fs::write(&broken, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
+    let broken = matrix_with_unmatched_pv_source(&dir);
 
     let failed = xtask(&build_args(&endpoint, tree_arg, &["--matrix", broken.to_str().unwrap()])).output().unwrap();
     assert!(!failed.status.success());

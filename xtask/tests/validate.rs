@@ -4,11 +4,11 @@
 
 use std::{fs, path::Path};
 
-use xshell::{cmd, Shell};
+use xshell::cmd;
 use xtask::local;
 
 mod common;
-use common::{scratch, text, xtask};
+use common::{emulator_shell, path_with_venv_aws, scratch, text, xtask};
 
 #[test]
 fn the_repository_validates_offline() {
@@ -29,17 +29,13 @@ fn swap(tree: &Path, a: &str, b: &str) {
 
 #[test]
 fn online_reports_what_ec2_no_longer_agrees_with() {
-    let sh = Shell::new().unwrap();
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        sh.set_var(key, value);
-    }
+    let sh = emulator_shell();
     let emulator = local::Emulator::start(&sh).unwrap();
     let endpoint = emulator.endpoint();
     let tree = scratch("validate-online").join("ami-list");
     let tree_arg = tree.to_str().unwrap();
     // --endpoint uses the aws CLI on PATH: the sandbox venv's.
-    let venv_bin = emulator.aws().program.parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = path_with_venv_aws(&emulator);
 
     let built = xtask(&[
         "build-amis",

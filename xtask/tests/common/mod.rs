@@ -44,3 +44,31 @@ pub fn xtask(args: &[&str]) -> Command {
 pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
+
+/// A Shell carrying the dummy credentials, for aws CLI calls to the emulator.
+pub fn emulator_shell() -> xshell::Shell {
+    let sh = xshell::Shell::new().unwrap();
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        sh.set_var(key, value);
+    }
+    sh
+}
+
+/// PATH with the sandbox venv's aws CLI first: `--endpoint` runs take `aws`
+/// from PATH, and a fresh machine has no other.
+pub fn path_with_venv_aws(emulator: &local::Emulator) -> String {
+    let venv_bin = emulator.aws().program.parent().unwrap().to_path_buf();
+    format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// A copy of packer/matrix.json in `dir` whose PV source filter matches
+/// nothing, so the PV builds fail and the HVM ones do not.
+pub fn matrix_with_unmatched_pv_source(dir: &std::path::Path) -> PathBuf {
+    let mut matrix: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
+    let pv = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "pv").unwrap();
+    pv["archs"][0]["source_ami"]["name"] = "no-such-source-image-*".into();
+    let path = dir.join("matrix.json");
+    fs::write(&path, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
+    path
+}
