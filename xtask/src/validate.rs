@@ -102,7 +102,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         None => Vec::new(),
     };
 
-    packer::check_installed(sh)?;
+    packer::check_installed_cached(sh)?;
     let scripts = provisioners()?;
     // Both are a few external processes each: run them all at once.
     let (sh_templates, sh_scripts) = (sh.clone(), sh.clone());
