@@ -301,11 +301,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let clock = Instant::now();
     let printer = Printer::start(builds.len(), args.verbose);
     interrupt::install(printer.sender())?;
-    if let Some(pid) = connection.emulator_pid() {
-        interrupt::kill_on_exit(pid);
-    }
+    // Instances first, then the emulator, as their destructors would.
     if provisioning.as_ref().is_some_and(|p| p.local.is_some()) {
         interrupt::at_give_up(local::instance::tear_down_own_instances);
+    }
+    if let Some(pid) = connection.emulator_pid() {
+        interrupt::kill_on_exit(pid);
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(usize::from(args.jobs))

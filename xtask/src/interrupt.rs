@@ -25,10 +25,8 @@ use crate::progress::Event;
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 /// Process group (Packer's pid) -> the build it runs.
 static RUNNING: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
-/// Processes to kill if we exit without waiting: the local emulator.
-static KILL_ON_EXIT: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Cleanups to run if we exit without waiting (Drop will not run then).
-static AT_GIVE_UP: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+static AT_GIVE_UP: Mutex<Vec<Box<dyn Fn() + Send>>> = Mutex::new(Vec::new());
 
 /// How long the first signal waits for Packer to clean up before giving up.
 pub const CLEANUP_BOUND: Duration = Duration::from_secs(300);
@@ -61,18 +59,21 @@ pub fn unregister(pid: u32) {
     }
 }
 
-pub fn kill_on_exit(pid: u32) {
-    if let Ok(mut pids) = KILL_ON_EXIT.lock() {
-        pids.push(pid);
+/// Runs `cleanup` if the run stops waiting for its builds (a second signal),
+/// an exit on which no destructor runs.
+pub fn at_give_up(cleanup: impl Fn() + Send + 'static) {
+    if let Ok(mut cleanups) = AT_GIVE_UP.lock() {
+        cleanups.push(Box::new(cleanup));
     }
 }
 
-/// Runs `cleanup` if the run stops waiting for its builds (a second signal),
-/// an exit on which no destructor runs.
-pub fn at_give_up(cleanup: fn()) {
-    if let Ok(mut cleanups) = AT_GIVE_UP.lock() {
-        cleanups.push(cleanup);
-    }
+/// Stops `pid` (the local emulator) if we exit without waiting.
+pub fn kill_on_exit(pid: u32) {
+    at_give_up(move || {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    });
 }
 
 fn forward(pid: u32) {
@@ -106,12 +107,9 @@ fn on_signal(events: &Sender<Event>) {
 /// Stops waiting: names what may still be running, then exits 130.
 fn give_up(events: &Sender<Event>) {
     let _ = events.send(Event::Interrupted { running: running_builds(), again: true });
-    for cleanup in AT_GIVE_UP.lock().map(|c| c.clone()).unwrap_or_default() {
-        cleanup();
-    }
-    for pid in KILL_ON_EXIT.lock().map(|p| p.clone()).unwrap_or_default() {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+    if let Ok(cleanups) = AT_GIVE_UP.lock() {
+        for cleanup in cleanups.iter() {
+            cleanup();
         }
     }
     // Let the printer say it before the process goes.
