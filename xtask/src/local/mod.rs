@@ -137,8 +137,10 @@ impl Emulator {
         let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         // Its own process group, so a terminal's Ctrl-C leaves it serving
         // while Packer cleans up; Drop stops it.
-        let child = Command::new(venv.join("bin/moto_server"))
+        // moto_server, with the fix local/moto_server.py explains.
+        let child = Command::new(venv.join("bin/python3"))
             .process_group(0)
+            .arg(project::root().join("local/moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_AMIS_PATH", source_amis())
             .stdin(Stdio::null())
