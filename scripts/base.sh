@@ -55,4 +55,6 @@ fi
 
 java -version 2>&1 | head -n 1 | grep -q '"17\.' || die "Java 17 is not the default java: $(java -version 2>&1 | head -n 1)"
 python3 -m pip --version >/dev/null || die "pip for Python 3 is missing"
+install -d -m 0755 "$(dirname "$BASE_MARKER")"
+printf 'os=%s %s\njava=%s\npython=%s\n' "$OS_ID" "$OS_VERSION" "$(java -version 2>&1 | head -n 1)" "$(python3 --version)" >"$BASE_MARKER"
 log "base: done ($(java -version 2>&1 | head -n 1); $(python3 --version))"

@@ -18,6 +18,8 @@ hadoop=${SPARK_HADOOP_BUILD:?SPARK_HADOOP_BUILD is not set}
 mirror=${SPARK_MIRROR:-https://archive.apache.org/dist/spark}
 source_label=${SPARK_SHA512_SOURCE:-the matrix}
 
+[[ -f $BASE_MARKER ]] || die "no $BASE_MARKER: this system is not a spark-packer base image; run base.sh first or build on a base AMI"
+
 name=spark-$version-bin-$hadoop
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
