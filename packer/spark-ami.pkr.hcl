@@ -51,6 +51,11 @@ variable "source_ami_owners" {
   type    = list(string)
   default = ["amazon"]
 }
+variable "base_ami" {
+  type        = string
+  default     = ""
+  description = "Spark on base: the ID of this factory's base AMI, which source_ami_name names. base.sh already ran there, so it is skipped. Empty: start from the stock image."
+}
 variable "ami_groups" {
   type        = list(string)
   default     = []
@@ -149,11 +154,11 @@ variable "smoke_test" {
 }
 
 locals {
-  # The provisioners in order: base always; on Spark images Spark, Hadoop if
-  # asked for, and the smoke test last.
+  # The provisioners in order: base unless the source already is the base
+  # image; on Spark images Spark, Hadoop if asked for, and the smoke test last.
   has_spark = var.spark_version != "none"
   steps = concat(
-    ["base.sh"],
+    var.base_ami == "" ? ["base.sh"] : [],
     local.has_spark ? ["spark.sh"] : [],
     local.has_spark && var.hadoop_version != "none" ? ["hadoop.sh"] : [],
     local.has_spark && var.smoke_test ? ["smoke-test.sh"] : [],
@@ -175,6 +180,7 @@ locals {
     "spark-packer:run-id"         = var.run_id
     "spark-packer:git-commit"     = var.git_commit
     "spark-packer:created-at"     = var.created_at
+    "spark-packer:base-ami"       = var.base_ami == "" ? "none" : var.base_ami
     # The AMI exists only if every provisioner, the smoke test last, passed.
     "spark-packer:smoke-test" = var.communicator == "none" ? "not-provisioned" : (! local.has_spark ? "no-spark" : (var.smoke_test ? "passed" : "SKIPPED"))
   }

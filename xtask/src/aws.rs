@@ -99,6 +99,12 @@ impl Aws {
         parse_describe_images(&self.ec2(sh, region, &args)?)
     }
 
+    /// One image by ID, whoever owns it; an error if `region` has none by that ID.
+    pub fn image(&self, sh: &Shell, region: &str, image_id: &str) -> Result<Image> {
+        let images = parse_describe_images(&self.ec2(sh, region, &["describe-images", "--image-ids", image_id])?)?;
+        images.into_iter().next().with_context(|| format!("no image {image_id} in {region}"))
+    }
+
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
     pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
         self.own_images(sh, region, &["Name=tag:managed-by,Values=spark-packer".to_string()])

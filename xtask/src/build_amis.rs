@@ -17,10 +17,11 @@ use xshell::Shell;
 
 use crate::{
     ami_list::{self, Cell},
+    aws::{self, Aws},
     checks,
     endpoint::{Connection, EndpointArgs},
     interrupt, local, lock,
-    matrix::{Build, Filters, Hadoop, Spark, Strategy},
+    matrix::{Build, Filters, Hadoop, Spark, Strategy, BASE_IMAGE},
     packer,
     progress::{Event, Printer},
     project,
@@ -103,6 +104,14 @@ pub struct Args {
     /// hadoop-<v>/hadoop-<v>.tar.gz. For tests and offline tarballs.
     #[arg(long, value_name = "DIR", requires = "local")]
     pub local_mirror: Option<PathBuf>,
+
+    /// Build each Spark image on top of a base AMI instead of the stock source
+    /// AMI, so the Spark builds skip base.sh. The base builds run first; each
+    /// Spark build then launches from this run's base AMI of the same
+    /// virtualization, architecture and region, or, when base is not in the
+    /// run (--image spark-..., --resume), from the one ami-list records.
+    #[arg(long)]
+    pub spark_on_base: bool,
 
     /// Run a build again, up to N times, when it failed for a reason that
     /// looks transient (throttling, a request limit, a timeout). A build
@@ -197,7 +206,7 @@ struct PlannedBuild<'a> {
     name: &'a str,
     launch_region: &'a str,
     instance_type: &'a str,
-    source_ami: &'a str,
+    source_ami: String,
     amis: Vec<String>,
 }
 
@@ -237,7 +246,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     }
 
     if args.dry_run {
-        return print_plan(&builds, &ami_list_root, args.json);
+        return print_plan(&builds, &ami_list_root, args.spark_on_base, args.json);
     }
 
     let provision = !args.no_provision;
@@ -290,11 +299,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     fs::create_dir_all(&run.log_dir).with_context(|| format!("create {}", run.log_dir.display()))?;
 
     eprintln!(
-        "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}; logs in {}",
+        "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}{}; logs in {}",
         builds.len(),
         builds.iter().map(|b| b.regions().count()).sum::<usize>(),
         format!("{:?}", args.strategy).to_lowercase(),
         args.jobs,
+        if args.spark_on_base { ", Spark on base (base builds first)" } else { "" },
         connection.endpoint.as_deref().map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
         display(&run.log_dir),
     );
@@ -312,16 +322,39 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         .num_threads(usize::from(args.jobs))
         .build()
         .context("start the build thread pool")?;
-    let worker_state = (sh.clone(), printer.sender());
     let provisioning = provisioning.as_ref();
-    let results: Vec<BuildResult> = pool.install(|| {
-        builds
-            .par_iter()
-            .map_with(worker_state, |(sh, events), build| {
-                run_build(sh, &run, provisioning, build, args.retries, events)
-            })
-            .collect()
+    let base_disks = match provisioning {
+        Some(p) if args.spark_on_base && p.local.is_some() => Some(local::instance::BaseDisks::create()?),
+        _ => None,
+    };
+    let run_phase = |phase: &[&Build], layers: &(dyn Fn(&Shell, &Build) -> Result<Layers> + Sync)| {
+        let worker_state = (sh.clone(), printer.sender());
+        pool.install(|| {
+            phase
+                .par_iter()
+                .map_with(worker_state, |(sh, events), build| {
+                    run_build(sh, &run, provisioning, build, layers(sh, build), args.retries, events)
+                })
+                .collect::<Vec<BuildResult>>()
+        })
+    };
+    // With --spark-on-base the base builds go first, keeping their local
+    // disks; the Spark builds then start from the base AMIs.
+    let (first, second): (Vec<&Build>, Vec<&Build>) =
+        builds.iter().partition(|b| !args.spark_on_base || b.image.spark.is_none());
+    let mut results = run_phase(&first, &|_, build| {
+        let keep_disk = base_disks.as_ref().filter(|_| build.image.spark.is_none()).map(|d| d.path(&build.name));
+        Ok(Layers { base: None, keep_disk })
     });
+    if !second.is_empty() {
+        let built: Vec<(&Build, &BuildResult)> = first.iter().copied().zip(&results).collect();
+        let on_base = run_phase(&second, &|sh, build| {
+            let base = resolve_base(sh, &connection.aws, &run.ami_list, build, &built, base_disks.as_ref())?;
+            Ok(Layers { base: Some(base), keep_disk: None })
+        });
+        results.extend(on_base);
+    }
+    drop(base_disks);
     printer.finish();
 
     let report = Report {
@@ -716,11 +749,132 @@ fn write_vars(run: &Run, build: &Build, extra: serde_json::Value) -> Result<Path
     Ok(var_file)
 }
 
+/// Where one build starts, and what it keeps for the builds that follow.
+pub struct Layers {
+    /// --spark-on-base: the base AMI this Spark build launches from.
+    pub base: Option<BaseAmi>,
+    /// A local base build of a --spark-on-base run keeps its instance's disk
+    /// here, for the local instances of the Spark builds on its AMI.
+    pub keep_disk: Option<PathBuf>,
+}
+
+/// The base AMI a Spark build starts from with --spark-on-base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseAmi {
+    pub id: String,
+    /// Its exact name: the source filter Packer gets (owner: self).
+    pub name: String,
+    /// The local base instance's kept disk.
+    pub disk: Option<PathBuf>,
+}
+
+/// Where a Spark build's base AMI comes from.
+#[derive(Debug)]
+pub enum BaseSource<'a, T> {
+    /// This run's base build with the same virtualization and architecture
+    /// that made an AMI (or was to) in the Spark build's launch region: its
+    /// result, or its plan in a dry run.
+    ThisRun(&'a T),
+    /// Base is not in this run: the ami-list cell of the launch region.
+    Recorded(Cell),
+}
+
+pub fn base_source<'a, T>(spark: &Build, built: &[(&Build, &'a T)]) -> BaseSource<'a, T> {
+    let same_cell = |base: &Build| {
+        base.image.spark.is_none()
+            && base.virt == spark.virt
+            && base.arch == spark.arch
+            && base.regions().any(|r| r == spark.region)
+    };
+    match built.iter().find(|(base, _)| same_cell(base)) {
+        Some((_, result)) => BaseSource::ThisRun(result),
+        None => BaseSource::Recorded(Cell {
+            image: BASE_IMAGE.to_string(),
+            region: spark.region.clone(),
+            slot: spark.slot(),
+        }),
+    }
+}
+
+/// Finds the base AMI for `spark` and checks, in EC2, that it is this
+/// factory's available base image of the same virtualization and architecture.
+fn resolve_base(
+    sh: &Shell,
+    aws: &Aws,
+    ami_list_root: &Path,
+    spark: &Build,
+    built: &[(&Build, &BuildResult)],
+    local_disks: Option<&local::instance::BaseDisks>,
+) -> Result<BaseAmi> {
+    let (id, origin, disk) = match base_source(spark, built) {
+        BaseSource::ThisRun(base) => {
+            match base.status {
+                Status::Ok => {}
+                Status::Failed => bail!("not built: its base, {}, failed (see its log, {})", base.name, base.log),
+                Status::Interrupted => bail!("not built: its base, {}, was interrupted", base.name),
+            }
+            let id = base.amis.get(&spark.region).with_context(|| {
+                format!("{} reported no AMI in {}, where {} launches", base.name, spark.region, spark.name)
+            })?;
+            let disk = local_disks.map(|disks| disks.path(&base.name));
+            if let Some(disk) = disk.as_ref().filter(|d| !d.exists()) {
+                bail!("the local disk of {} was not kept at {}; run both again", base.name, display(disk));
+            }
+            (id.clone(), format!("built by {} in this run", base.name), disk)
+        }
+        BaseSource::Recorded(cell) => {
+            let path = ami_list_root.join(cell.relative_path());
+            if local_disks.is_some() {
+                bail!(
+                    "base is not in this run, and --local starts an empty emulator: build both, \
+                     e.g. --image {BASE_IMAGE},{} --spark-on-base",
+                    spark.image.name
+                );
+            }
+            let id = ami_list::read(ami_list_root, &cell)?.with_context(|| {
+                format!(
+                    "no base AMI is recorded in {}: build it first, or in the same run (--image {BASE_IMAGE},{})",
+                    display(&path),
+                    spark.image.name
+                )
+            })?;
+            (id, format!("recorded in {}", display(&path)), None)
+        }
+    };
+    let image = aws
+        .image(sh, &spark.region, &id)
+        .with_context(|| format!("look up the base AMI {id} ({origin}); if it is gone, build base again"))?;
+    check_base_image(&image, spark).with_context(|| format!("the base AMI {id} ({origin})"))?;
+    Ok(BaseAmi { id, name: image.name, disk })
+}
+
+/// The base AMI must be the factory's, available, and of the Spark build's
+/// virtualization and architecture.
+pub fn check_base_image(image: &aws::Image, spark: &Build) -> Result<()> {
+    let tags = image.tags();
+    let virt = if image.virtualization_type == "paravirtual" { "pv" } else { image.virtualization_type.as_str() };
+    let problem = if tags.get("managed-by") != Some(&"spark-packer") {
+        "it is not tagged managed-by=spark-packer".to_string()
+    } else if tags.get("spark-packer:image") != Some(&BASE_IMAGE) {
+        format!("it is tagged as image {:?}, not {BASE_IMAGE}", tags.get("spark-packer:image").unwrap_or(&""))
+    } else if image.state != "available" {
+        format!("it is {}, not available", image.state)
+    } else if virt != spark.virt || image.architecture != spark.arch {
+        format!("it is {virt} {}, but {} is {} {}", image.architecture, spark.name, spark.virt, spark.arch)
+    } else if image.name.is_empty() {
+        "it has no name for Packer's source filter".to_string()
+    } else {
+        return Ok(());
+    };
+    bail!("{problem}: build base again, or fix the ami-list record")
+}
+
 fn run_build(
     sh: &Shell,
     run: &Run,
     provisioning: Option<&Provisioning>,
     build: &Build,
+    layers: Result<Layers>,
     retries: u32,
     events: &Sender<Event>,
 ) -> BuildResult {
@@ -748,6 +902,16 @@ fn run_build(
         send(Event::Skipped { build: build.name.clone(), why: "skip  ".to_string() });
         return result;
     }
+    let layers = match layers {
+        Ok(layers) => layers,
+        Err(e) => {
+            let error = format!("{e:#}");
+            result.status = Status::Failed;
+            result.error = Some(error.clone());
+            send(Event::Failed { build: build.name.clone(), error, log: String::new() });
+            return result;
+        }
+    };
     send(Event::Started {
         build: build.name.clone(),
         detail: match build.copy_regions.len() {
@@ -762,7 +926,7 @@ fn run_build(
             n => run.log_dir.join(format!("{}.attempt-{n}.log", build.name)),
         };
         result.log = display(&log);
-        let outcome = packer_build(sh, run, provisioning, build, &log, |step| {
+        let outcome = packer_build(sh, run, provisioning, build, &layers, &log, |step| {
             send(Event::Step { build: build.name.clone(), step })
         });
         result.notes = fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default();
@@ -846,27 +1010,37 @@ fn packer_build(
     run: &Run,
     provisioning: Option<&Provisioning>,
     build: &Build,
+    layers: &Layers,
     log: &Path,
     mut on_step: impl FnMut(String),
 ) -> Result<BTreeMap<String, String>, Failure> {
     // Held until Packer is done; dropping it tears the local instance down.
-    let mut _instance = None;
-    let (var_file, only) = match provisioning {
-        None => (write_var_file(run, build)?, "amazon-ebs.api_only"),
+    let mut instance = None;
+    let (mut vars, only) = match provisioning {
+        None => (serde_json::json!({}), "amazon-ebs.api_only"),
         Some(p) => {
             let ssh = match &p.local {
                 Some(local) => {
-                    let instance = local::instance::Instance::start(sh, &local.rootfs, &local.key, &build.name)
+                    // The local analogue of launching from the base AMI: its kept disk over the rootfs.
+                    let lowers: Vec<&Path> =
+                        layers.base.iter().filter_map(|b| b.disk.as_deref()).chain([local.rootfs.as_path()]).collect();
+                    let started = local::instance::Instance::start(sh, &lowers, &local.key, &build.name)
                         .context("start the local instance")?;
-                    let port = instance.port;
-                    _instance = Some(instance);
+                    let port = started.port;
+                    instance = Some(started);
                     Some((local.key.private_key.as_path(), port))
                 }
                 None => None,
             };
-            (write_vars(run, build, provisioning_vars(p, build, ssh))?, "amazon-ebs.provisioned")
+            (provisioning_vars(p, build, ssh), "amazon-ebs.provisioned")
         }
     };
+    if let Some(base) = &layers.base {
+        vars["source_ami_name"] = base.name.clone().into();
+        vars["source_ami_owners"] = serde_json::json!(["self"]);
+        vars["base_ami"] = base.id.clone().into();
+    }
+    let var_file = write_vars(run, build, vars)?;
 
     let template = project::root().join("packer/spark-ami.pkr.hcl");
     let packer_run = packer::build(sh, &template, &var_file, Some(only), log, |line| {
@@ -901,6 +1075,9 @@ fn packer_build(
             amis,
             transient: false,
         });
+    }
+    if let (Some(instance), Some(dest)) = (instance.as_mut(), &layers.keep_disk) {
+        instance.keep_disk_as(dest.clone());
     }
     Ok(amis)
 }
@@ -1009,14 +1186,20 @@ pub fn summary_table(report: &Report) -> String {
     out
 }
 
-fn print_plan(builds: &[Build], ami_list_root: &Path, json: bool) -> Result<()> {
+fn print_plan(builds: &[Build], ami_list_root: &Path, spark_on_base: bool, json: bool) -> Result<()> {
+    let bases: Vec<(&Build, &Build)> = builds.iter().filter(|b| b.image.spark.is_none()).map(|b| (b, b)).collect();
+    let source = |b: &Build| match base_source(b, &bases) {
+        _ if !spark_on_base || b.image.spark.is_none() => b.source_ami.name.clone(),
+        BaseSource::ThisRun(base) => format!("the base AMI {} makes first", base.name),
+        BaseSource::Recorded(cell) => format!("the base AMI recorded in {}", cell.relative_path().display()),
+    };
     let planned: Vec<PlannedBuild> = builds
         .iter()
         .map(|b| PlannedBuild {
             name: &b.name,
             launch_region: &b.region,
             instance_type: &b.instance_type,
-            source_ami: &b.source_ami.name,
+            source_ami: source(b),
             amis: b
                 .regions()
                 .map(|region| {
@@ -1154,6 +1337,87 @@ mod tests {
         let hvm_only: Vec<Build> = seed_builds().into_iter().filter(|b| b.virt == "hvm").collect();
         let err = builds_to_resume(REPORT, hvm_only, "target/local/ami-list").unwrap_err().to_string();
         assert!(err.contains("use the same --preset (seed-2014), --strategy (copy)"), "{err}");
+    }
+
+    fn result_of(build: &Build, status: Status) -> BuildResult {
+        BuildResult {
+            name: build.name.clone(),
+            image: build.image.name.clone(),
+            virt: build.virt.clone(),
+            arch: build.arch.clone(),
+            build_region: build.region.clone(),
+            status,
+            amis: build.regions().map(|r| (r.to_string(), format!("ami-{:08x}", r.len()))).collect(),
+            recorded: Vec::new(),
+            seconds: 1.0,
+            attempts: 1,
+            log: format!("{}.log", build.name),
+            error: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_spark_build_starts_from_the_base_of_its_virtualization_and_region() {
+        let builds = seed_builds();
+        let (bases, sparks): (Vec<&Build>, Vec<&Build>) = builds.iter().partition(|b| b.image.spark.is_none());
+        let results: Vec<BuildResult> = bases.iter().map(|b| result_of(b, Status::Ok)).collect();
+        let built: Vec<(&Build, &BuildResult)> = bases.iter().copied().zip(&results).collect();
+        for spark in &sparks {
+            let BaseSource::ThisRun(base) = base_source(spark, &built) else { panic!("{}: no base", spark.name) };
+            assert_eq!(base.name, format!("base-{}-x86_64", spark.virt));
+        }
+        // Native: each region's Spark build takes that region's base build.
+        let matrix = Matrix::parse(include_str!("../../packer/matrix.json")).unwrap();
+        let native = matrix.expand("seed-2014", &Filters::default(), Strategy::Native, false).unwrap();
+        let (bases, sparks): (Vec<&Build>, Vec<&Build>) = native.iter().partition(|b| b.image.spark.is_none());
+        let built: Vec<(&Build, &&Build)> = bases.iter().map(|b| (*b, b)).collect();
+        let spark = sparks.iter().find(|b| b.name == "spark-3.5.3-pv-x86_64-sa-east-1").unwrap();
+        let BaseSource::ThisRun(base) = base_source(spark, &built) else { panic!("no base") };
+        assert_eq!(base.name, "base-pv-x86_64-sa-east-1");
+    }
+
+    #[test]
+    fn without_base_in_the_run_the_ami_list_record_of_the_launch_region_is_the_base() {
+        let builds = seed_builds();
+        let spark = builds.iter().find(|b| b.name == "spark-3.5.3-pv-x86_64").unwrap();
+        let none: Vec<(&Build, &BuildResult)> = Vec::new();
+        let BaseSource::Recorded(cell) = base_source(spark, &none) else { panic!("base is not in the run") };
+        assert_eq!(cell.relative_path(), Path::new("base/us-east-1/pv"));
+        // A base built for other regions only is not this Spark build's base.
+        let base = builds.iter().find(|b| b.name == "base-pv-x86_64").unwrap();
+        let elsewhere = Build { region: "eu-west-1".to_string(), copy_regions: Vec::new(), ..base.clone() };
+        let result = result_of(&elsewhere, Status::Ok);
+        assert!(matches!(base_source(spark, &[(&elsewhere, &result)]), BaseSource::Recorded(_)));
+    }
+
+    fn image(json: &str) -> aws::Image {
+        aws::parse_describe_images(&format!(r#"{{"Images": [{{{json}}}]}}"#)).unwrap().remove(0)
+    }
+
+    #[test]
+    fn only_the_factorys_available_base_image_of_the_same_kind_is_a_base() {
+        let builds = seed_builds();
+        let spark_pv = builds.iter().find(|b| b.name == "spark-3.5.3-pv-x86_64").unwrap();
+        let tags =
+            r#"[{"Key": "managed-by", "Value": "spark-packer"}, {"Key": "spark-packer:image", "Value": "base"}]"#;
+        // Shaped like `aws ec2 describe-images` output from moto 5.2.1.
+        let good = format!(
+            r#""ImageId": "ami-1fd2ada448893a5d9", "Name": "spark-packer-base-pv-x86_64-r1", "State": "available",
+            "VirtualizationType": "paravirtual", "Architecture": "x86_64", "Tags": {tags}"#
+        );
+        check_base_image(&image(&good), spark_pv).unwrap();
+        let cases = [
+            (good.replace("paravirtual", "hvm"), "it is hvm x86_64, but spark-3.5.3-pv-x86_64 is pv x86_64"),
+            (good.replace(r#""Value": "base""#, r#""Value": "spark-3.5.3""#), r#"tagged as image "spark-3.5.3""#),
+            (good.replace(r#""Value": "spark-packer""#, r#""Value": "someone""#), "not tagged managed-by=spark-packer"),
+            (good.replace("available", "pending"), "it is pending, not available"),
+            (good.replace(r#""x86_64", "Tags""#, r#""arm64", "Tags""#), "it is pv arm64"),
+        ];
+        for (json, expected) in cases {
+            let error = check_base_image(&image(&json), spark_pv).unwrap_err().to_string();
+            assert!(error.contains(expected) && error.contains("build base again"), "{expected}: {error}");
+        }
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn check_matrix(path: &str, text: &str) -> (Vec<Problem>, Option<Matrix>) {
             report(&format!("{at}.name"), format!("image `{}` is defined twice; remove one", image.name));
         }
         match &image.spark {
-            None if image.name != "base" => report(
+            None if image.name != matrix::BASE_IMAGE => report(
                 &format!("{at}.name"),
                 format!("image `{}` has no `spark` section; only `base` may omit it", image.name),
             ),

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The one image without Spark; every Spark image is it plus Spark.
+pub const BASE_IMAGE: &str = "base";
+
 /// `packer/matrix.json`: the catalog of images and virtualization types, and
 /// named presets that choose from it.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -88,7 +88,8 @@ impl Printer {
                         done += 1;
                         running.remove(&build);
                         let first_line = error.lines().next().unwrap_or("");
-                        eprintln!("[{done:>width$}/{total}] FAILED {build}: {first_line} (log: {log})");
+                        let log = if log.is_empty() { String::new() } else { format!(" (log: {log})") };
+                        eprintln!("[{done:>width$}/{total}] FAILED {build}: {first_line}{log}");
                     }
                     Ok(Event::Skipped { build, why }) => {
                         done += 1;

@@ -212,3 +212,74 @@ fn a_failing_build_leaves_the_others_written_and_its_own_ids_untouched() {
     let hvm_only: BTreeMap<String, String> = tree.into_iter().filter(|(cell, _)| cell.ends_with("/hvm")).collect();
     assert_recorded_amis_exist(&emulator, &hvm_only, report["run_id"].as_str().unwrap());
 }
+
+/// The base AMI a Spark AMI was built on, from its `spark-packer:base-ami` tag.
+fn base_ami_tag(images: &BTreeMap<String, BTreeMap<String, Image>>, region: &str, id: &str) -> String {
+    let image = images[region].get(id).unwrap_or_else(|| panic!("{id} is not a factory image in {region}"));
+    image.tags().get("spark-packer:base-ami").unwrap_or_else(|| panic!("{id}: no base-ami tag")).to_string()
+}
+
+#[test]
+fn spark_on_base_starts_from_this_runs_base_or_the_recorded_one() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let dir = scratch("on-base");
+    let ami_list = dir.join("ami-list");
+    let spark_only = ["--spark-on-base", "--image", "spark-3.5.3"];
+
+    // No base in the run and none recorded: refused per build, nothing written.
+    let output = build_amis(&emulator, &ami_list, &spark_only);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no base AMI is recorded in") && stderr.contains("base/us-east-1/hvm"), "{stderr}");
+    assert!(read_tree(&ami_list).is_empty());
+
+    // Base and Spark in one run: each Spark AMI is built on this run's base AMI.
+    let output = build_amis(&emulator, &ami_list, &["--spark-on-base"]);
+    assert_succeeded(&output);
+    let tree = read_tree(&ami_list);
+    assert_eq!(tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    assert_recorded_amis_exist(&emulator, &tree, report(&output)["run_id"].as_str().unwrap());
+    assert_eq!(launches(&emulator), BTreeMap::from([("us-east-1".to_string(), 4)]));
+    let id = |tree: &BTreeMap<String, String>, cell: &str| tree[cell].trim_end().to_string();
+    let images = images_by_region(&emulator);
+    for slot in ["hvm", "pv"] {
+        let spark = id(&tree, &format!("spark-3.5.3/us-east-1/{slot}"));
+        assert_eq!(base_ami_tag(&images, "us-east-1", &spark), id(&tree, &format!("base/us-east-1/{slot}")));
+    }
+    for region in SEED_REGIONS {
+        let base = id(&tree, &format!("base/{region}/hvm"));
+        assert_eq!(base_ami_tag(&images, region, &base), "none", "a base AMI is built from the stock image");
+    }
+
+    // Spark alone: built on the base AMIs ami-list records, which stay as they are.
+    let output = build_amis(&emulator, &ami_list, &spark_only);
+    assert_succeeded(&output);
+    let after = read_tree(&ami_list);
+    let images = images_by_region(&emulator);
+    for slot in ["hvm", "pv"] {
+        let base_cell = format!("base/us-east-1/{slot}");
+        assert_eq!(after[&base_cell], tree[&base_cell]);
+        let spark = id(&after, &format!("spark-3.5.3/us-east-1/{slot}"));
+        assert_ne!(spark, id(&tree, &format!("spark-3.5.3/us-east-1/{slot}")));
+        assert_eq!(base_ami_tag(&images, "us-east-1", &spark), id(&tree, &base_cell));
+    }
+
+    // A base that fails takes down only the Spark build on it.
+    let broken_matrix = matrix_with_unmatched_pv_source(&dir);
+    let output = build_amis(&emulator, &ami_list, &["--spark-on-base", "--matrix", broken_matrix.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let report = report(&output);
+    let outcome: BTreeMap<&str, (&str, &str)> = report["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap(), (b["status"].as_str().unwrap(), b["error"].as_str().unwrap_or(""))))
+        .collect();
+    assert_eq!(outcome["base-hvm-x86_64"].0, "ok");
+    assert_eq!(outcome["spark-3.5.3-hvm-x86_64"].0, "ok");
+    assert_eq!(outcome["base-pv-x86_64"].0, "failed");
+    let (status, error) = outcome["spark-3.5.3-pv-x86_64"];
+    assert_eq!(status, "failed");
+    assert!(error.starts_with("not built: its base, base-pv-x86_64, failed"), "{error}");
+}

@@ -130,6 +130,26 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
 }
 
 #[test]
+fn spark_on_base_provisions_spark_on_the_base_instances_disk() {
+    let ami_list = scratch("on-base").join("ami-list");
+    let output = build_amis(&ami_list, &format!("base,spark-{SPARK}"), &["--json", "--spark-on-base"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "build-amis failed:\n{stderr}");
+    let report = json_report(&output);
+    let base = build(&report, "base-hvm-x86_64");
+    let spark = build(&report, &format!("spark-{SPARK}-hvm-x86_64"));
+    assert_eq!((&base["status"], &spark["status"]), (&"ok".into(), &"ok".into()), "{report:#}");
+    let base_id = base["amis"]["us-east-1"].as_str().unwrap();
+
+    let spark_log = build_log(spark);
+    assert!(spark_log.contains(&format!(r#"Adding tag: "spark-packer:base-ami": "{base_id}""#)), "{spark_log}");
+    // base.sh ran once, in the base build; spark.sh found its marker on the kept disk.
+    assert!(build_log(base).contains("spark-packer: base: done"));
+    assert!(!spark_log.contains("applying OS security updates"), "base.sh ran again:\n{spark_log}");
+    assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
+}
+
+#[test]
 fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
     let dir = scratch("corrupted");
     let good = good_tarball();

@@ -184,22 +184,29 @@ pub struct Instance {
     dir: PathBuf,
     merged: PathBuf,
     sshd: Option<Child>,
+    /// Where Drop moves the instance's disk (its overlay upper dir) instead of deleting it.
+    keep_disk: Option<PathBuf>,
     sh: Shell,
 }
 
 impl Instance {
     /// Mounts a fresh overlay named after `build` and starts sshd in it.
-    pub fn start(sh: &Shell, rootfs: &Path, key: &SshKey, build: &str) -> Result<Instance> {
+    /// `lowers` are its read-only layers, topmost first: the rootfs alone, or
+    /// a base build's kept disk over the rootfs (the local base AMI).
+    pub fn start(sh: &Shell, lowers: &[&Path], key: &SshKey, build: &str) -> Result<Instance> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let dir = instances_dir().join(format!("{build}-{}-{n}", std::process::id()));
         let merged = dir.join("root");
         // Built first, so that Drop cleans up whatever the steps below did.
-        let mut instance = Instance { port: 0, dir: dir.clone(), merged: merged.clone(), sshd: None, sh: sh.clone() };
+        let mut instance =
+            Instance { port: 0, dir: dir.clone(), merged: merged.clone(), sshd: None, keep_disk: None, sh: sh.clone() };
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
-        let options = format!("lowerdir={},upperdir={},workdir={}", rootfs.display(), upper.display(), work.display());
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
         cmd!(sh, "mount -t overlay overlay -o {options} {merged}").quiet().run().context("mount the overlay")?;
         let proc_dir = merged.join("proc");
         cmd!(sh, "mount -t proc proc {proc_dir}").quiet().run().context("mount /proc in the instance")?;
@@ -258,13 +265,56 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// On drop, keep what the build changed (the overlay's upper dir) at
+    /// `dest`, as a layer for instances started from this build's AMI.
+    pub fn keep_disk_as(&mut self, dest: PathBuf) {
+        self.keep_disk = Some(dest);
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Some(mut sshd) = self.sshd.take() {
             let _ = sshd.kill();
             let _ = sshd.wait();
         }
+        if let Some(dest) = self.keep_disk.take() {
+            // Only a fully stopped and unmounted upper dir can become a lower layer.
+            if stop(&self.sh, &self.dir).is_ok() {
+                let _ = fs::rename(self.dir.join("upper"), dest);
+            }
+        }
         let _ = tear_down(&self.sh, &self.dir);
+    }
+}
+
+/// The kept disks of one run's base builds, which its Spark builds start
+/// from with --spark-on-base; deleted with the run (the sandbox's emulator,
+/// and so its AMIs, lives only as long).
+pub struct BaseDisks {
+    dir: PathBuf,
+}
+
+impl BaseDisks {
+    pub fn create() -> Result<BaseDisks> {
+        // Named like an instance, so the stale-instance sweep removes it too.
+        let dir = instances_dir().join(format!("base-disks-{}-0", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(BaseDisks { dir })
+    }
+
+    /// Where the disk of base build `build` is kept.
+    pub fn path(&self, build: &str) -> PathBuf {
+        self.dir.join(build)
+    }
+}
+
+impl Drop for BaseDisks {
+    fn drop(&mut self) {
+        if let Ok(sh) = Shell::new() {
+            let _ = tear_down(&sh, &self.dir);
+        }
     }
 }
 
@@ -272,6 +322,12 @@ impl Drop for Instance {
 /// a failed smoke test left behind, daemons a package started), unmounts
 /// everything under it, deepest first, and removes it.
 pub fn tear_down(sh: &Shell, dir: &Path) -> Result<()> {
+    stop(sh, dir)?;
+    fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
+}
+
+/// Kills every process rooted inside `dir` and unmounts everything under it.
+fn stop(sh: &Shell, dir: &Path) -> Result<()> {
     for _ in 0..50 {
         let pids = processes_rooted_under(dir);
         if pids.is_empty() {
@@ -292,7 +348,7 @@ pub fn tear_down(sh: &Shell, dir: &Path) -> Result<()> {
     if !mounts_under(dir).is_empty() {
         bail!("could not unmount everything under {}", dir.display());
     }
-    fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
+    Ok(())
 }
 
 /// Tears down instances whose xtask process died without cleaning up (a
