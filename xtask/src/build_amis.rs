@@ -333,7 +333,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
             phase
                 .par_iter()
                 .map_with(worker_state, |(sh, events), build| {
-                    run_build(sh, &run, provisioning, build, layers(sh, build), args.retries, events)
+                    // After Ctrl-C, run_build reports the build as not started; look nothing up.
+                    let layers =
+                        if interrupt::interrupted() { Err(anyhow::anyhow!("interrupted")) } else { layers(sh, build) };
+                    run_build(sh, &run, provisioning, build, layers, args.retries, events)
                 })
                 .collect::<Vec<BuildResult>>()
         })
