@@ -33,6 +33,8 @@ locals {
     "spark-packer:run-id"         = var.run_id
     "spark-packer:git-commit"     = "bench"
     "spark-packer:created-at"     = "1970-01-01T00:00:00Z"
+    "spark-packer:smoke-test"     = "not-provisioned"
+    "spark-packer:base-ami"       = "none"
   } }
 }
 

@@ -36,12 +36,23 @@ use crate::{
 /// Prints median wall times, the median of the per-round ratios to
 /// single-packer, and the instance launches the emulator counted; writes
 /// them to BENCHMARKS.md. Needs no AWS account.
+///
+/// With --spark-on-base, times instead the seed-2014 matrix provisioned on
+/// the local instance (`build-amis --local`, needs root), two ways a round:
+///
+///   from-stock      every image from the stock source image (the default)
+///   spark-on-base   build-amis --spark-on-base: Spark on the new base AMIs
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Paired rounds; each runs every way once, in a rotating order.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub rounds: u16,
+
+    /// Compare provisioned local builds from the stock image against
+    /// --spark-on-base, instead of the API-only ways.
+    #[arg(long)]
+    pub spark_on_base: bool,
 
     /// Print the results, but leave BENCHMARKS.md as it is.
     #[arg(long)]
@@ -77,6 +88,9 @@ pub struct WayResult {
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     packer::check_installed(sh)?;
+    if args.spark_on_base {
+        return bench_spark_on_base(sh, args);
+    }
     for (key, value) in local::DUMMY_CREDENTIALS {
         sh.set_var(key, value);
     }
@@ -147,11 +161,203 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         print!("{markdown}");
     }
     if !args.no_write {
-        let path = project::root().join("BENCHMARKS.md");
-        fs::write(&path, markdown).with_context(|| format!("write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        write_section("api-only", &markdown)?;
     }
     Ok(())
+}
+
+const LAYER_WAYS: [&str; 2] = ["from-stock", "spark-on-base"];
+
+#[derive(Debug, Serialize)]
+pub struct LayerResults {
+    pub rounds: usize,
+    pub machine: String,
+    pub command: String,
+    pub ways: Vec<LayerWay>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerWay {
+    pub way: String,
+    pub seconds: Vec<f64>,
+    pub median_seconds: f64,
+    /// Median over rounds of (this way's wall time / from-stock's).
+    pub median_ratio: f64,
+    /// Per round, the builds' times added up: how long instances ran, which
+    /// is what real EC2 bills.
+    pub instance_seconds: Vec<f64>,
+    pub median_instance_seconds: f64,
+    pub median_instance_ratio: f64,
+    /// How many builds ran base.sh, per run.
+    pub base_sh_runs: usize,
+    pub amis: usize,
+}
+
+/// One provisioned local run of the seed matrix, as the bench measures it.
+struct LayerRun {
+    wall: f64,
+    instance_seconds: f64,
+    base_sh_runs: usize,
+    amis: usize,
+}
+
+fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
+    // The caches the first run would otherwise fill inside the timing.
+    let venv = local::ensure_venv(sh)?;
+    local::instance::ensure_rootfs(sh)?;
+    let matrix = Matrix::parse(&fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?)?;
+    for spark in matrix.images.iter().filter_map(|i| i.spark.as_ref()) {
+        local::mirror::ensure_spark(sh, &venv, &spark.version, &spark.hadoop_build)?;
+    }
+    let work = project::target_dir().join("bench-spark-on-base");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+
+    let rounds = usize::from(args.rounds);
+    let mut runs: BTreeMap<&str, Vec<LayerRun>> = BTreeMap::new();
+    for round in 0..rounds {
+        for offset in 0..LAYER_WAYS.len() {
+            let way = LAYER_WAYS[(round + offset) % LAYER_WAYS.len()];
+            eprintln!("round {}/{rounds}: {way}", round + 1);
+            let dir = work.join(format!("{round}-{way}"));
+            fs::create_dir_all(&dir)?;
+            let run = run_local_provisioned(sh, &dir, way == "spark-on-base")?;
+            ensure!(run.amis == SEED_AMIS, "{way} made {} AMIs, not {SEED_AMIS}; see {}", run.amis, dir.display());
+            runs.entry(way).or_default().push(run);
+        }
+    }
+    let ratios = |way: &str, value: fn(&LayerRun) -> f64| -> Vec<f64> {
+        runs[way].iter().zip(&runs["from-stock"]).map(|(a, b)| value(a) / value(b)).collect()
+    };
+    let results = LayerResults {
+        rounds,
+        machine: machine(sh),
+        command: format!("cargo xtask bench --spark-on-base --rounds {rounds}"),
+        ways: LAYER_WAYS
+            .iter()
+            .map(|way| {
+                let seconds: Vec<f64> = runs[way].iter().map(|r| r.wall).collect();
+                let instance_seconds: Vec<f64> = runs[way].iter().map(|r| r.instance_seconds).collect();
+                LayerWay {
+                    way: way.to_string(),
+                    median_seconds: median(&seconds),
+                    median_ratio: median(&ratios(way, |r| r.wall)),
+                    median_instance_seconds: median(&instance_seconds),
+                    median_instance_ratio: median(&ratios(way, |r| r.instance_seconds)),
+                    seconds,
+                    instance_seconds,
+                    base_sh_runs: runs[way][0].base_sh_runs,
+                    amis: runs[way][0].amis,
+                }
+            })
+            .collect(),
+    };
+    let markdown = render_spark_on_base(&results);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{markdown}");
+    }
+    if !args.no_write {
+        write_section("spark-on-base", &markdown)?;
+    }
+    Ok(())
+}
+
+fn run_local_provisioned(sh: &Shell, dir: &Path, spark_on_base: bool) -> Result<LayerRun> {
+    let xtask = std::env::current_exe().context("find the xtask binary")?;
+    let ami_list = dir.join("ami-list");
+    let layered = if spark_on_base { &["--spark-on-base"][..] } else { &[] };
+    let clock = Instant::now();
+    let output = cmd!(sh, "{xtask} build-amis --local --preset seed-2014 --ami-list {ami_list} --json {layered...}")
+        .quiet()
+        .ignore_status()
+        .output()?;
+    let wall = clock.elapsed().as_secs_f64();
+    fs::write(dir.join("stderr.txt"), &output.stderr)?;
+    if !output.status.success() {
+        bail!("build-amis --local failed; see {}", dir.join("stderr.txt").display());
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
+    let builds = report["builds"].as_array().context("the report lists no builds")?;
+    let mut base_sh_runs = 0;
+    for build in builds {
+        let log = project::root().join(build["log"].as_str().unwrap_or_default());
+        let text = fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+        base_sh_runs += usize::from(text.contains("spark-packer: base: done"));
+    }
+    Ok(LayerRun {
+        wall,
+        instance_seconds: builds.iter().filter_map(|b| b["seconds"].as_f64()).sum(),
+        base_sh_runs,
+        amis: builds.iter().map(|b| b["amis"].as_object().map_or(0, |m| m.len())).sum(),
+    })
+}
+
+/// The --spark-on-base section of BENCHMARKS.md.
+pub fn render_spark_on_base(results: &LayerResults) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Spark on base, provisioned locally
+"
+    );
+    let _ = writeln!(
+        out,
+        "The seed-2014 matrix (4 builds, 32 AMIs) provisioned over SSH on the local instance \
+         (`build-amis --local`: the real scripts, the smoke test's Spark job), two ways each round, \
+         in a rotating order. Instance time is the builds' times added up: what real EC2 bills.\n"
+    );
+    let _ = writeln!(out, "Reproduce: `{}` (as root)", results.command);
+    let _ = writeln!(out, "Machine: {}\n", results.machine);
+    let _ = writeln!(
+        out,
+        "| way | median wall (s) | median wall ratio | median instance time (s) | median instance-time ratio \
+         | base.sh runs | AMIs | every round: wall / instance (s) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for way in &results.ways {
+        let rounds: Vec<String> =
+            way.seconds.iter().zip(&way.instance_seconds).map(|(w, i)| format!("{w:.1} / {i:.1}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.2}x | {:.1} | {:.2}x | {} | {} | {} |",
+            way.way,
+            way.median_seconds,
+            way.median_ratio,
+            way.median_instance_seconds,
+            way.median_instance_ratio,
+            way.base_sh_runs,
+            way.amis,
+            rounds.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nRatios are to `from-stock`, paired within each round. `from-stock` runs all 4 builds at once; \
+         `spark-on-base` runs the 2 base builds, then the 2 Spark builds on their AMIs, which skip base.sh."
+    );
+    out
+}
+
+/// Replaces the section `id` of BENCHMARKS.md (between its marker comments)
+/// with `body`, or appends it; the other sections stay as they are.
+fn write_section(id: &str, body: &str) -> Result<()> {
+    let path = project::root().join("BENCHMARKS.md");
+    let doc = fs::read_to_string(&path).unwrap_or_default();
+    fs::write(&path, with_section(&doc, id, body)).with_context(|| format!("write {}", path.display()))?;
+    eprintln!("wrote the {id} section of {}", path.display());
+    Ok(())
+}
+
+pub fn with_section(doc: &str, id: &str, body: &str) -> String {
+    let (start, end) = (format!("<!-- bench: {id} -->\n"), format!("<!-- end bench: {id} -->\n"));
+    let section = format!("{start}{body}{end}");
+    match (doc.find(&start), doc.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &doc[..a], &doc[b + end.len()..]),
+        _ if doc.trim().is_empty() => format!("# Benchmarks\n\n{section}"),
+        _ => format!("{}\n\n{section}", doc.trim_end()),
+    }
 }
 
 fn run_build_amis(sh: &Shell, endpoint: &str, dir: &Path, strategy: &str) -> Result<usize> {
@@ -264,7 +470,7 @@ pub fn median(values: &[f64]) -> f64 {
 /// BENCHMARKS.md: the figures, and how to get them again.
 pub fn render(results: &Results) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(out, "## API-only: build-amis against one packer build\n");
     let _ = writeln!(
         out,
         "The seed-2014 matrix (32 AMIs: base + Spark x HVM + PV x 8 regions), API-only \
@@ -303,6 +509,19 @@ pub fn render(results: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_section_is_replaced_in_place_and_the_others_kept() {
+        let doc = with_section("", "api-only", "A1\n");
+        assert_eq!(doc, "# Benchmarks\n\n<!-- bench: api-only -->\nA1\n<!-- end bench: api-only -->\n");
+        let doc = with_section(&doc, "spark-on-base", "L1\n");
+        let doc = with_section(&doc, "api-only", "A2\n");
+        assert_eq!(
+            doc,
+            "# Benchmarks\n\n<!-- bench: api-only -->\nA2\n<!-- end bench: api-only -->\n\n\
+             <!-- bench: spark-on-base -->\nL1\n<!-- end bench: spark-on-base -->\n"
+        );
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
