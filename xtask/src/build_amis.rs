@@ -163,6 +163,9 @@ pub struct BuildResult {
     pub seconds: f64,
     /// Packer runs: 1, or more when transient failures were retried.
     pub attempts: u32,
+    /// --spark-on-base: the base AMI this build launched from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ami: Option<String>,
     pub log: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -896,6 +899,7 @@ fn run_build(
         recorded: Vec::new(),
         seconds: 0.0,
         attempts: 0,
+        base_ami: None,
         log: String::new(),
         error: None,
         notes: Vec::new(),
@@ -906,7 +910,10 @@ fn run_build(
         return result;
     }
     let layers = match layers {
-        Ok(layers) => layers,
+        Ok(layers) => {
+            result.base_ami = layers.base.as_ref().map(|b| b.id.clone());
+            layers
+        }
         Err(e) => {
             let error = format!("{e:#}");
             result.status = Status::Failed;
@@ -1275,6 +1282,7 @@ mod tests {
             recorded: vec!["base/us-east-1/hvm-arm64".to_string()],
             seconds: 30.0,
             attempts: 1,
+            base_ami: None,
             log: "log".to_string(),
             error: None,
             notes: vec!["ganglia gmond: not packaged for amzn 2023; not installed".to_string()],
@@ -1354,6 +1362,7 @@ mod tests {
             recorded: Vec::new(),
             seconds: 1.0,
             attempts: 1,
+            base_ami: None,
             log: format!("{}.log", build.name),
             error: None,
             notes: Vec::new(),

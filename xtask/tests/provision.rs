@@ -140,6 +140,7 @@ fn spark_on_base_provisions_spark_on_the_base_instances_disk() {
     let spark = build(&report, &format!("spark-{SPARK}-hvm-x86_64"));
     assert_eq!((&base["status"], &spark["status"]), (&"ok".into(), &"ok".into()), "{report:#}");
     let base_id = base["amis"]["us-east-1"].as_str().unwrap();
+    assert_eq!(spark["base_ami"], base_id, "the report names the base AMI");
 
     let spark_log = build_log(spark);
     assert!(spark_log.contains(&format!(r#"Adding tag: "spark-packer:base-ami": "{base_id}""#)), "{spark_log}");
