@@ -15,6 +15,13 @@ use xshell::{cmd, Shell};
 
 use crate::interrupt;
 
+/// Tells Packer it is already watched for panics, as Terraform does: the
+/// cookie Packer's main.go checks before re-executing itself under
+/// panicwrap. One process start per build instead of two (`packer version`:
+/// 0.08 s to 0.04 s here). Packer's debug log then comes on stderr, which
+/// `build` keeps in `<build>.debug.log`; a panic still reaches stderr.
+const PANICWRAP_COOKIE: (&str, &str) = ("PACKER_WRAP_COOKIE", "49C22B1A-3A93-4C98-97FA-E07D18C787B5");
+
 /// The oldest Packer whose built-in amazon builders and HCL2 the templates use.
 pub const MIN_VERSION: (u32, u32, u32) = (1, 6, 6);
 
@@ -231,9 +238,11 @@ pub fn build(
 ) -> Result<Run> {
     let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
     let log_file = Arc::new(Mutex::new(log_file));
+    let debug_log = log.with_extension("debug.log");
     let only = only.map(|o| format!("-only={o}"));
     let mut command: std::process::Command =
         cmd!(sh, "packer build -machine-readable -color=false {only...} -var-file={var_file} {template}")
+            .env(PANICWRAP_COOKIE.0, PANICWRAP_COOKIE.1)
             .quiet()
             .into();
     // Its own process group: a terminal's Ctrl-C reaches only us, and we pass
@@ -249,12 +258,11 @@ pub fn build(
     interrupt::register(pid, &log.file_stem().unwrap_or_default().to_string_lossy());
 
     let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
-    let stderr_log = Arc::clone(&log_file);
     let stderr_reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr_pipe.read_to_string(&mut text);
-        let _ = stderr_log.lock().map(|mut f| f.write_all(text.as_bytes()));
-        text
+        let _ = std::fs::write(&debug_log, &text);
+        without_debug_log(&text)
     });
 
     let mut output = String::new();
@@ -285,9 +293,37 @@ pub fn build(
     Ok(Run { success: status.success(), output, stderr })
 }
 
+/// Packer's stderr without its debug log: what it says outside the
+/// machine-readable output (a CLI error, a panic).
+pub fn without_debug_log(stderr: &str) -> String {
+    let is_log_line = |line: &str| {
+        let b = line.as_bytes();
+        b.len() >= 20
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && (b[4], b[7], b[10], b[13], b[16], b[19]) == (b'/', b'/', b' ', b':', b':', b' ')
+    };
+    stderr.lines().filter(|line| !is_log_line(line)).map(|line| format!("{line}\n")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packers_debug_log_is_told_from_what_it_says() {
+        // Recorded: stderr of Packer 1.6.6 run with PACKER_WRAP_COOKIE set and
+        // PACKER_CONFIG naming a file that holds `{not json`.
+        let stderr = "2026/11/25 14:52:09 [INFO] Packer version: 1.6.6 [go1.19.8 linux amd64]\n\
+                      2026/11/25 14:52:09 Checking 'PACKER_CONFIG' for a config file path\n\
+                      2026/11/25 14:52:09 Attempting to open config file: /tmp/bad-packerconfig\n\
+                      Error loading configuration: \n\
+                      \n\
+                      invalid character 'n' looking for beginning of object key string\n";
+        assert_eq!(
+            without_debug_log(stderr),
+            "Error loading configuration: \n\ninvalid character 'n' looking for beginning of object key string\n"
+        );
+    }
 
     /// Recorded from `packer build -machine-readable` (Packer 1.6.6) of
     /// packer/spark-ami.pkr.hcl against moto: a copy build to 7 regions.
