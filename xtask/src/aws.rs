@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
 };
 
@@ -71,13 +72,13 @@ impl Aws {
         let program = &self.program;
         let endpoint: Vec<String> =
             self.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
-        let output = cmd!(sh, "{program} {endpoint...} --region {region} --output json ec2 {args...}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| {
-                format!("run `{}`: install the aws CLI (`pip install awscli`) or put it on PATH", program.display())
-            })?;
+        let mut command: std::process::Command =
+            cmd!(sh, "{program} {endpoint...} --region {region} --output json ec2 {args...}").quiet().into();
+        // Its own process group: a terminal's Ctrl-C must not cut a call short
+        // (a deregistration whose snapshots are still to go); we decide what stops.
+        let output = command.process_group(0).stdin(std::process::Stdio::null()).output().with_context(|| {
+            format!("run `{}`: install the aws CLI (`pip install awscli`) or put it on PATH", program.display())
+        })?;
         if !output.status.success() {
             bail!(
                 "aws ec2 {} in {region}: {}",

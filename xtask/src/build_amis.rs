@@ -23,7 +23,7 @@ use crate::{
     interrupt, local, lock,
     matrix::{Build, Filters, Hadoop, Spark, Strategy, BASE_IMAGE},
     packer,
-    progress::{Event, Printer},
+    progress::{Event, Printer, Work},
     project,
 };
 
@@ -313,7 +313,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     );
     let clock = Instant::now();
     let printer = Printer::start(builds.len(), args.verbose);
-    interrupt::install(printer.sender())?;
+    interrupt::install(printer.sender(), Work::Builds)?;
     // Instances first, then the emulator, as their destructors would.
     if provisioning.as_ref().is_some_and(|p| p.local.is_some()) {
         interrupt::at_give_up(local::instance::tear_down_own_instances);

@@ -20,9 +20,9 @@ use crate::{
     ami_list,
     aws::{Aws, ImageWithSnapshots, InstanceImage, TemplateImage},
     endpoint::EndpointArgs,
-    lock,
+    interrupt, lock,
     matrix::Matrix,
-    progress::{Event, Printer},
+    progress::{Event, Printer, Work},
     project,
 };
 
@@ -433,6 +433,9 @@ pub struct RegionReport {
     pub decisions: Vec<Decision>,
     /// AMIs deregistered (with --yes).
     pub deregistered: Vec<String>,
+    /// AMIs to delete that were left as they were because of Ctrl-C or SIGTERM.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_started: Vec<String>,
     /// Snapshots deleted with --yes, or that would be without it.
     pub snapshots: Vec<SnapshotOf>,
     pub errors: Vec<String>,
@@ -459,6 +462,8 @@ pub struct Summary {
     pub kept: BTreeMap<Reason, usize>,
     /// Own AMIs without the factory's tags: never candidates.
     pub not_factory: usize,
+    /// AMIs to delete left as they were because of Ctrl-C or SIGTERM.
+    pub not_started: usize,
     pub errors: usize,
 }
 
@@ -531,6 +536,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         connection.endpoint.as_deref().map(|e| format!("; EC2 at {e}")).unwrap_or_default(),
     );
     let printer = Printer::start(regions.len(), false);
+    if args.yes {
+        // Ctrl-C stops new deregistrations, never a started AMI's snapshot deletions.
+        interrupt::install(printer.sender(), Work::Deletions)?;
+    }
     // Every task waits on an aws CLI process, not on this one's CPU.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(AWS_CALLS_AT_ONCE)
@@ -563,6 +572,14 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
+    }
+    if interrupt::interrupted() {
+        bail!(
+            "interrupted: {} AMIs were deregistered with their snapshots, {} left as they were; \
+             run the same command again to finish",
+            report.summary.deleted,
+            report.summary.not_started
+        );
     }
     let failed: Vec<&str> = report.regions.iter().filter(|r| !r.errors.is_empty()).map(|r| r.region.as_str()).collect();
     if !failed.is_empty() {
@@ -604,6 +621,7 @@ fn clean_region(
         region: region.to_string(),
         decisions: Vec::new(),
         deregistered: Vec::new(),
+        not_started: Vec::new(),
         snapshots: Vec::new(),
         errors: Vec::new(),
     };
@@ -622,16 +640,26 @@ fn clean_region(
     let doomed: Vec<&Decision> = report.decisions.iter().filter(|d| d.delete).collect();
     if act {
         // Every deregistration first: a snapshot cannot go while its image exists.
-        let outcomes: Vec<Result<String, String>> = doomed
+        let outcomes: Vec<Deregistration> = doomed
             .par_iter()
             .map_with(sh.clone(), |sh, decision| {
-                let id = &decision.image_id;
-                aws.deregister_image(sh, region, id).map(|()| id.clone()).map_err(|e| format!("deregister {id}: {e:#}"))
+                let id = decision.image_id.clone();
+                if interrupt::interrupted() {
+                    return Deregistration::NotStarted(id);
+                }
+                match aws.deregister_image(sh, region, &id) {
+                    Ok(()) => Deregistration::Done(id),
+                    Err(e) => Deregistration::Failed(format!("deregister {id}: {e:#}")),
+                }
             })
             .collect();
-        let (gone, failed) = split(outcomes);
-        report.deregistered = gone;
-        report.errors.extend(failed);
+        for outcome in outcomes {
+            match outcome {
+                Deregistration::Done(id) => report.deregistered.push(id),
+                Deregistration::NotStarted(id) => report.not_started.push(id),
+                Deregistration::Failed(error) => report.errors.push(error),
+            }
+        }
         let gone: BTreeSet<String> = report.deregistered.iter().cloned().collect();
         let outcomes: Vec<Result<SnapshotOf, String>> = snapshots_to_delete(&images, &gone)
             .into_par_iter()
@@ -684,14 +712,23 @@ fn list_region(sh: &Shell, aws: &Aws, region: &str, policy: &Policy) -> Result<(
     Ok((images, usage(&instances?, &templates?)))
 }
 
+enum Deregistration {
+    Done(String),
+    /// Not tried: a signal came in first.
+    NotStarted(String),
+    Failed(String),
+}
+
 fn split<T>(outcomes: Vec<Result<T, String>>) -> (Vec<T>, Vec<String>) {
     let (ok, failed): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(Result::is_ok);
     (ok.into_iter().flatten().collect(), failed.into_iter().filter_map(Result::err).collect())
 }
 
 fn summarize(reports: &[RegionReport], act: bool) -> Summary {
-    let mut summary = Summary { deleted: 0, snapshots_deleted: 0, kept: BTreeMap::new(), not_factory: 0, errors: 0 };
+    let mut summary =
+        Summary { deleted: 0, snapshots_deleted: 0, kept: BTreeMap::new(), not_factory: 0, not_started: 0, errors: 0 };
     for report in reports {
+        summary.not_started += report.not_started.len();
         summary.deleted +=
             if act { report.deregistered.len() } else { report.decisions.iter().filter(|d| d.delete).count() };
         summary.snapshots_deleted += report.snapshots.len();
@@ -749,6 +786,9 @@ pub fn render(report: &Report) -> String {
         }
         for error in &region.errors {
             out.push_str(&format!("ERROR {}: {error}\n", region.region));
+        }
+        for image in &region.not_started {
+            out.push_str(&format!("not deleted (interrupted) {image} in {}\n", region.region));
         }
     }
     let s = &report.summary;
@@ -1074,6 +1114,7 @@ mod tests {
             region: "us-east-1".into(),
             decisions,
             deregistered: Vec::new(),
+            not_started: Vec::new(),
             snapshots: snapshots.into_iter().map(SnapshotOf::from).collect(),
             errors: Vec::new(),
         }];

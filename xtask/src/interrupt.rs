@@ -20,7 +20,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::progress::Event;
+use crate::progress::{Event, Work};
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 /// Process group (Packer's pid) -> the build it runs.
@@ -32,9 +32,9 @@ static AT_GIVE_UP: Mutex<Vec<Box<dyn Fn() + Send>>> = Mutex::new(Vec::new());
 pub const CLEANUP_BOUND: Duration = Duration::from_secs(300);
 
 /// Routes SIGINT and SIGTERM here for the rest of the process; reports go to
-/// the printer through `events`.
-pub fn install(events: Sender<Event>) -> Result<()> {
-    ctrlc::set_handler(move || on_signal(&events)).context("install the Ctrl-C handler")
+/// the printer through `events`, worded for `work`.
+pub fn install(events: Sender<Event>, work: Work) -> Result<()> {
+    ctrlc::set_handler(move || on_signal(&events, work)).context("install the Ctrl-C handler")
 }
 
 /// True once a signal has arrived: start nothing new.
@@ -86,27 +86,27 @@ fn running_builds() -> Vec<String> {
     RUNNING.lock().map(|r| r.values().cloned().collect()).unwrap_or_default()
 }
 
-fn on_signal(events: &Sender<Event>) {
+fn on_signal(events: &Sender<Event>, work: Work) {
     let count = SIGNALS.fetch_add(1, Ordering::SeqCst) + 1;
     if count == 1 {
         let pids: Vec<u32> = RUNNING.lock().map(|r| r.keys().copied().collect()).unwrap_or_default();
         for pid in &pids {
             forward(*pid);
         }
-        let _ = events.send(Event::Interrupted { running: running_builds(), again: false });
+        let _ = events.send(Event::Interrupted { work, running: running_builds(), again: false });
         let events = events.clone();
         std::thread::spawn(move || {
             std::thread::sleep(CLEANUP_BOUND);
-            give_up(&events);
+            give_up(&events, work);
         });
     } else {
-        give_up(events);
+        give_up(events, work);
     }
 }
 
 /// Stops waiting: names what may still be running, then exits 130.
-fn give_up(events: &Sender<Event>) {
-    let _ = events.send(Event::Interrupted { running: running_builds(), again: true });
+fn give_up(events: &Sender<Event>, work: Work) {
+    let _ = events.send(Event::Interrupted { work, running: running_builds(), again: true });
     if let Ok(cleanups) = AT_GIVE_UP.lock() {
         for cleanup in cleanups.iter() {
             cleanup();

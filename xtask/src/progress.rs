@@ -33,6 +33,7 @@ pub enum Event {
     },
     /// A signal came in: `again` means we stop waiting for `running`.
     Interrupted {
+        work: Work,
         running: Vec<String>,
         again: bool,
     },
@@ -45,6 +46,15 @@ pub enum Event {
     },
     /// Sent by `finish`: other senders (the signal handler) may outlive the run.
     Done,
+}
+
+/// What a run stops when interrupted, for the printer's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// build-amis: Packer builds, which clean up after themselves.
+    Builds,
+    /// clean-old-amis --yes: deregistrations, each followed by its snapshots.
+    Deletions,
 }
 
 pub struct Printer {
@@ -96,7 +106,21 @@ impl Printer {
                         running.remove(&build);
                         eprintln!("[{done:>width$}/{total}] {why} {build}");
                     }
-                    Ok(Event::Interrupted { running: builds, again: false }) => {
+                    Ok(Event::Interrupted { work: Work::Deletions, again: false, .. }) => {
+                        eprintln!(
+                            "interrupted: no more AMIs will be deregistered; the snapshots of those already \
+                             deregistered are being deleted, so none is left behind. Press Ctrl-C again to stop \
+                             at once."
+                        );
+                    }
+                    Ok(Event::Interrupted { work: Work::Deletions, again: true, .. }) => {
+                        eprintln!(
+                            "stopped at once: an AMI deregistered just now may have left its snapshots; \
+                             `cargo xtask clean-old-amis` does not see them. Find them with `aws ec2 \
+                             describe-snapshots --owner-ids self --filters Name=tag:managed-by,Values=spark-packer`."
+                        );
+                    }
+                    Ok(Event::Interrupted { work: Work::Builds, running: builds, again: false }) => {
                         eprintln!(
                             "interrupted: stopping {} running build{} ({}); Packer is cleaning up \
                              (terminating instances, deleting temporary key pairs and security groups). \
@@ -106,7 +130,7 @@ impl Printer {
                             builds.join(", ")
                         );
                     }
-                    Ok(Event::Interrupted { running: builds, again: true }) => {
+                    Ok(Event::Interrupted { work: Work::Builds, running: builds, again: true }) => {
                         if builds.is_empty() {
                             eprintln!("not waiting any longer; no Packer process was still running.");
                         } else {

@@ -421,3 +421,63 @@ fn unsafe_settings_stop_the_run_before_anything_is_listed() {
         assert!(!stderr.contains("listing images"), "{args:?} reached EC2: {stderr}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_new_deregistrations_and_leaves_no_orphaned_snapshot() {
+    use std::os::unix::process::CommandExt;
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let ec2 = Ec2::new(&emulator);
+    let ami_list = scratch("interrupted").join("ami-list");
+    fs::create_dir_all(&ami_list).unwrap();
+
+    // Enough old AMIs that the deregistrations, 16 aws calls at a time, take 3 waves:
+    // the signal comes when the first has ended, so the last has not started.
+    let names: Vec<String> = (0..48).map(|i| format!("old-{i:02}")).collect();
+    let ids = ec2.register(EAST, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    ec2.tag(EAST, &ids.iter().collect::<Vec<_>>(), &factory_tags("base"));
+    let before = ec2.own_images(EAST);
+
+    // As a terminal does: its own process group, and Ctrl-C to the whole group.
+    let args = ["--region", EAST, "--keep", "1", "--min-age", "0", "--yes"];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.args(["clean-old-amis", "--json", "--endpoint", &ec2.endpoint]).arg("--ami-list").arg(&ami_list);
+    command.args(args).process_group(0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        command.env(key, value);
+    }
+    let child = command.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while ec2.own_images(EAST).len() == before.len() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no AMI was deregistered");
+    }
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: no more AMIs will be deregistered"), "{stderr}");
+    let summary = &report(&output)["summary"];
+    let (deleted, not_started) = (summary["deleted"].as_u64().unwrap(), summary["not_started"].as_u64().unwrap());
+    assert!(deleted >= 1 && not_started >= 1, "the signal must land mid-run: {summary}");
+    assert_eq!(deleted + not_started, 47, "{summary}");
+
+    // Each AMI is whole or wholly gone: no snapshot outlives its image.
+    let after = ec2.own_images(EAST);
+    let snapshots = ec2.snapshots(EAST);
+    for (id, (_, own)) in &before {
+        let left: Vec<&String> = own.iter().filter(|s| snapshots.contains(*s)).collect();
+        if after.contains_key(id) {
+            assert_eq!(left.len(), own.len(), "{id} is still registered but lost snapshots");
+        } else {
+            assert!(left.is_empty(), "{id} was deregistered but left {left:?}");
+        }
+    }
+    assert_eq!(after.len() as u64, 48 - deleted);
+
+    // The same command again finishes the job.
+    let again = clean(&ec2, &ami_list, &args);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(ec2.own_images(EAST).len(), 1);
+}
