@@ -111,28 +111,25 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let mut amis: BTreeMap<&str, usize> = BTreeMap::new();
     // Also warms up moto's per-region backends, which the first way would pay for.
     let mut launched_so_far = count_launches(sh, &aws, &regions)?;
-    for round in 0..rounds {
-        for offset in 0..WAYS.len() {
-            let way = WAYS[(round + offset) % WAYS.len()];
-            eprintln!("round {}/{rounds}: {way}", round + 1);
-            let dir = work.join(format!("{round}-{way}"));
-            fs::create_dir_all(&dir)?;
-            let clock = Instant::now();
-            let made = match way {
-                "build-amis-copy" => run_build_amis(sh, &endpoint, &dir, "copy")?,
-                "build-amis-native" => run_build_amis(sh, &endpoint, &dir, "native")?,
-                "single-packer" => run_single_packer(sh, &endpoint, &dir, round)?,
-                _ => run_bash_loop(sh, &endpoint, &dir, &builds, round)?,
-            };
-            seconds.entry(way).or_default().push(clock.elapsed().as_secs_f64());
-            ensure!(made == SEED_AMIS, "{way} made {made} AMIs, not {SEED_AMIS}; see {}", dir.display());
-            amis.insert(way, made);
-            // Launches are the same every round; counting costs 8 aws calls.
-            if round == 0 {
-                let total = count_launches(sh, &aws, &regions)?;
-                launches.insert(way, total - launched_so_far);
-                launched_so_far = total;
-            }
+    for (round, way) in rotation(rounds, &WAYS) {
+        eprintln!("round {}/{rounds}: {way}", round + 1);
+        let dir = work.join(format!("{round}-{way}"));
+        fs::create_dir_all(&dir)?;
+        let clock = Instant::now();
+        let made = match way {
+            "build-amis-copy" => run_build_amis(sh, &endpoint, &dir, "copy")?,
+            "build-amis-native" => run_build_amis(sh, &endpoint, &dir, "native")?,
+            "single-packer" => run_single_packer(sh, &endpoint, &dir, round)?,
+            _ => run_bash_loop(sh, &endpoint, &dir, &builds, round)?,
+        };
+        seconds.entry(way).or_default().push(clock.elapsed().as_secs_f64());
+        ensure!(made == SEED_AMIS, "{way} made {made} AMIs, not {SEED_AMIS}; see {}", dir.display());
+        amis.insert(way, made);
+        // Launches are the same every round; counting costs 8 aws calls.
+        if round == 0 {
+            let total = count_launches(sh, &aws, &regions)?;
+            launches.insert(way, total - launched_so_far);
+            launched_so_far = total;
         }
     }
 
@@ -154,16 +151,27 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
             })
             .collect(),
     };
-    let markdown = render(&results);
+    publish(args, &results, "api-only", &render(&results))
+}
+
+/// Prints the results (as JSON with --json) and, unless --no-write, puts
+/// them in their section of BENCHMARKS.md.
+fn publish(args: &Args, results: &impl Serialize, section: &str, markdown: &str) -> Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!("{}", serde_json::to_string_pretty(results)?);
     } else {
         print!("{markdown}");
     }
-    if !args.no_write {
-        write_section("api-only", &markdown)?;
+    if args.no_write {
+        return Ok(());
     }
-    Ok(())
+    write_section(section, markdown)
+}
+
+/// Round by round, every way once, starting one later each round, so no way
+/// always runs first (on a cold cache) or last.
+fn rotation<'a>(rounds: usize, ways: &'a [&'a str]) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    (0..rounds).flat_map(move |round| (0..ways.len()).map(move |offset| (round, ways[(round + offset) % ways.len()])))
 }
 
 const LAYER_WAYS: [&str; 2] = ["from-stock", "spark-on-base"];
@@ -215,16 +223,13 @@ fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
 
     let rounds = usize::from(args.rounds);
     let mut runs: BTreeMap<&str, Vec<LayerRun>> = BTreeMap::new();
-    for round in 0..rounds {
-        for offset in 0..LAYER_WAYS.len() {
-            let way = LAYER_WAYS[(round + offset) % LAYER_WAYS.len()];
-            eprintln!("round {}/{rounds}: {way}", round + 1);
-            let dir = work.join(format!("{round}-{way}"));
-            fs::create_dir_all(&dir)?;
-            let run = run_local_provisioned(sh, &dir, way == "spark-on-base")?;
-            ensure!(run.amis == SEED_AMIS, "{way} made {} AMIs, not {SEED_AMIS}; see {}", run.amis, dir.display());
-            runs.entry(way).or_default().push(run);
-        }
+    for (round, way) in rotation(rounds, &LAYER_WAYS) {
+        eprintln!("round {}/{rounds}: {way}", round + 1);
+        let dir = work.join(format!("{round}-{way}"));
+        fs::create_dir_all(&dir)?;
+        let run = run_local_provisioned(sh, &dir, way == "spark-on-base")?;
+        ensure!(run.amis == SEED_AMIS, "{way} made {} AMIs, not {SEED_AMIS}; see {}", run.amis, dir.display());
+        runs.entry(way).or_default().push(run);
     }
     let ratios = |way: &str, value: fn(&LayerRun) -> f64| -> Vec<f64> {
         runs[way].iter().zip(&runs["from-stock"]).map(|(a, b)| value(a) / value(b)).collect()
@@ -252,16 +257,7 @@ fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
             })
             .collect(),
     };
-    let markdown = render_spark_on_base(&results);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        print!("{markdown}");
-    }
-    if !args.no_write {
-        write_section("spark-on-base", &markdown)?;
-    }
-    Ok(())
+    publish(args, &results, "spark-on-base", &render_spark_on_base(&results))
 }
 
 fn run_local_provisioned(sh: &Shell, dir: &Path, spark_on_base: bool) -> Result<LayerRun> {
@@ -521,6 +517,12 @@ mod tests {
             "# Benchmarks\n\n<!-- bench: api-only -->\nA2\n<!-- end bench: api-only -->\n\n\
              <!-- bench: spark-on-base -->\nL1\n<!-- end bench: spark-on-base -->\n"
         );
+    }
+
+    #[test]
+    fn each_round_starts_one_way_later() {
+        let order: Vec<(usize, &str)> = rotation(3, &["a", "b"]).collect();
+        assert_eq!(order, [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]);
     }
 
     #[test]

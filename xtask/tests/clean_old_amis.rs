@@ -127,13 +127,17 @@ fn factory_tags(image: &'static str) -> [(&'static str, &'static str); 4] {
     ]
 }
 
-fn clean(ec2: &Ec2, ami_list: &Path, extra: &[&str]) -> Output {
+fn clean_command(ec2: &Ec2, ami_list: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.args(["clean-old-amis", "--json", "--endpoint", &ec2.endpoint]).arg("--ami-list").arg(ami_list).args(extra);
     for (key, value) in local::DUMMY_CREDENTIALS {
         command.env(key, value);
     }
-    command.output().expect("run the xtask binary")
+    command
+}
+
+fn clean(ec2: &Ec2, ami_list: &Path, extra: &[&str]) -> Output {
+    clean_command(ec2, ami_list, extra).output().expect("run the xtask binary")
 }
 
 fn report(output: &Output) -> Value {
@@ -440,13 +444,12 @@ fn ctrl_c_stops_new_deregistrations_and_leaves_no_orphaned_snapshot() {
 
     // As a terminal does: its own process group, and Ctrl-C to the whole group.
     let args = ["--region", EAST, "--keep", "1", "--min-age", "0", "--yes"];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    command.args(["clean-old-amis", "--json", "--endpoint", &ec2.endpoint]).arg("--ami-list").arg(&ami_list);
-    command.args(args).process_group(0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    for (key, value) in local::DUMMY_CREDENTIALS {
-        command.env(key, value);
-    }
-    let child = command.spawn().unwrap();
+    let child = clean_command(&ec2, &ami_list, &args)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     while ec2.own_images(EAST).len() == before.len() {
         assert!(started.elapsed() < Duration::from_secs(120), "no AMI was deregistered");
