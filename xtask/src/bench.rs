@@ -67,12 +67,13 @@ const WAYS: [&str; 4] = ["build-amis-copy", "build-amis-native", "single-packer"
 const BASELINE: &str = "single-packer";
 const SEED_AMIS: usize = 32;
 
+/// One benchmark's figures: `W` is its per-way result.
 #[derive(Debug, Serialize)]
-pub struct Results {
+pub struct Results<W> {
     pub rounds: usize,
     pub machine: String,
     pub command: String,
-    pub ways: Vec<WayResult>,
+    pub ways: Vec<W>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,14 +178,6 @@ fn rotation<'a>(rounds: usize, ways: &'a [&'a str]) -> impl Iterator<Item = (usi
 const LAYER_WAYS: [&str; 2] = ["from-stock", "spark-on-base"];
 
 #[derive(Debug, Serialize)]
-pub struct LayerResults {
-    pub rounds: usize,
-    pub machine: String,
-    pub command: String,
-    pub ways: Vec<LayerWay>,
-}
-
-#[derive(Debug, Serialize)]
 pub struct LayerWay {
     pub way: String,
     pub seconds: Vec<f64>,
@@ -234,7 +227,7 @@ fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
     let ratios = |way: &str, value: fn(&LayerRun) -> f64| -> Vec<f64> {
         runs[way].iter().zip(&runs["from-stock"]).map(|(a, b)| value(a) / value(b)).collect()
     };
-    let results = LayerResults {
+    let results = Results {
         rounds,
         machine: machine(sh),
         command: format!("cargo xtask bench --spark-on-base --rounds {rounds}"),
@@ -291,7 +284,7 @@ fn run_local_provisioned(sh: &Shell, dir: &Path, spark_on_base: bool) -> Result<
 }
 
 /// The --spark-on-base section of BENCHMARKS.md.
-pub fn render_spark_on_base(results: &LayerResults) -> String {
+pub fn render_spark_on_base(results: &Results<LayerWay>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -464,7 +457,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// BENCHMARKS.md: the figures, and how to get them again.
-pub fn render(results: &Results) -> String {
+pub fn render(results: &Results<WayResult>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## API-only: build-amis against one packer build\n");
     let _ = writeln!(
