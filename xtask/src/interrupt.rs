@@ -1,8 +1,9 @@
-//! Ctrl-C and SIGTERM during a build. Packer runs in its own process group,
-//! so a terminal's Ctrl-C reaches only us; we pass one SIGINT to each Packer,
-//! which then cancels its build and cleans up (terminates the instance,
-//! deletes the temporary key pair and security group). Builds not yet started
-//! never start. A second signal stops waiting and says what may still run.
+//! Ctrl-C and SIGTERM during a build or a cleanup. Packer and the aws CLI run
+//! in their own process groups, so a terminal's Ctrl-C reaches only us. We
+//! pass one SIGINT to each Packer, which then cancels its build and cleans up
+//! (terminates the instance, deletes the temporary key pair and security
+//! group); aws calls under way finish. Work not yet started never starts. A
+//! second signal stops waiting and says what may still run.
 
 use std::{
     collections::BTreeMap,

@@ -263,9 +263,7 @@ impl Instance {
             }
         }
     }
-}
 
-impl Instance {
     /// On drop, keep what the build changed (the overlay's upper dir) at
     /// `dest`, as a layer for instances started from this build's AMI.
     pub fn keep_disk_as(&mut self, dest: PathBuf) {
