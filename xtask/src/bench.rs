@@ -324,7 +324,10 @@ pub fn render_spark_on_base(results: &Results<LayerWay>) -> String {
     let _ = writeln!(
         out,
         "\nRatios are to `from-stock`, paired within each round. `from-stock` runs all 4 builds at once; \
-         `spark-on-base` runs the 2 base builds, then the 2 Spark builds on their AMIs, which skip base.sh."
+         `spark-on-base` runs the 2 base builds, then the 2 Spark builds on their AMIs, which skip base.sh. \
+         Here every build shares the machine's cores, so 4 builds at once stretch each other's times; on EC2 \
+         each build has an instance of its own, and the saving is rather the time base.sh takes, once per \
+         Spark build."
     );
     out
 }
