@@ -3,13 +3,13 @@
 # OS detection, a package manager wrapper that waits for locks, bounded
 # download retries, checksum parsing, and notes recorded on the image.
 
-# Lines starting "spark-packer:" are the provisioners' own voice in Packer's
-# log; build-amis lifts the ERROR and NOTE ones into its report.
 # base.sh writes it last; spark.sh refuses a system without it, so a Spark
 # image always holds the base, whether built in one go or on a base AMI.
 # shellcheck disable=SC2034 # read by the scripts that source this file
 BASE_MARKER=/etc/spark-packer/base-image
 
+# Lines starting "spark-packer:" are the provisioners' own voice in Packer's
+# log; build-amis lifts the ERROR and NOTE ones into its report.
 log() { printf 'spark-packer: %s\n' "$*"; }
 die() {
   printf 'spark-packer: ERROR: %s\n' "$*" >&2
