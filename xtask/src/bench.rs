@@ -286,11 +286,7 @@ fn run_local_provisioned(sh: &Shell, dir: &Path, spark_on_base: bool) -> Result<
 /// The --spark-on-base section of BENCHMARKS.md.
 pub fn render_spark_on_base(results: &Results<LayerWay>) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "## Spark on base, provisioned locally
-"
-    );
+    let _ = writeln!(out, "## Spark on base, provisioned locally\n");
     let _ = writeln!(
         out,
         "The seed-2014 matrix (4 builds, 32 AMIs) provisioned over SSH on the local instance \
