@@ -6,10 +6,9 @@
 
 use std::{
     fs::{self, File},
-    io::Read,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
@@ -17,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{free_port, sandbox_dir, wait_for_port, NotListening};
+use super::{sandbox_dir, start_listening};
 use crate::aws::Aws;
 
 /// What the cached rootfs holds before any provisioner runs. Java is here
@@ -182,7 +181,6 @@ static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 pub struct Instance {
     pub port: u16,
     dir: PathBuf,
-    merged: PathBuf,
     sshd: Option<Child>,
     /// Where Drop moves the instance's disk (its overlay upper dir) instead of deleting it.
     keep_disk: Option<PathBuf>,
@@ -198,8 +196,7 @@ impl Instance {
         let dir = instances_dir().join(format!("{build}-{}-{n}", std::process::id()));
         let merged = dir.join("root");
         // Built first, so that Drop cleans up whatever the steps below did.
-        let mut instance =
-            Instance { port: 0, dir: dir.clone(), merged: merged.clone(), sshd: None, keep_disk: None, sh: sh.clone() };
+        let mut instance = Instance { port: 0, dir: dir.clone(), sshd: None, keep_disk: None, sh: sh.clone() };
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
@@ -220,48 +217,19 @@ impl Instance {
         fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600))?;
         fs::create_dir_all(merged.join("run/sshd")).context("create sshd's privilege separation directory")?;
 
-        let mut last_error = None;
-        // Another process may take the port between our probe and sshd's bind.
-        for _ in 0..3 {
-            match instance.start_sshd() {
-                Ok(()) => return Ok(instance),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("tried at least once"))
-    }
-
-    fn start_sshd(&mut self) -> Result<()> {
-        let port = free_port()?;
-        let log = self.dir.join(format!("sshd-{port}.log"));
-        let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = Command::new("chroot")
-            .arg(&self.merged)
-            .args(["/usr/sbin/sshd", "-D", "-e", "-p", &port.to_string()])
-            .args(["-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password"])
-            .args(["-o", "PasswordAuthentication=no", "-o", "UseDNS=no"])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("start sshd in the instance with chroot")?;
-        match wait_for_port(&mut child, port, Duration::from_secs(15))? {
-            Ok(()) => {
-                self.port = port;
-                self.sshd = Some(child);
-                Ok(())
-            }
-            Err(NotListening::Exited(status)) => {
-                let mut text = String::new();
-                let _ = File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-                bail!("sshd in the local instance exited ({status}): {}", text.trim());
-            }
-            Err(NotListening::TimedOut) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("sshd in the local instance did not listen on port {port} within 15s; see {}", log.display())
-            }
-        }
+        let log_for = |port| dir.join(format!("sshd-{port}.log"));
+        let sshd = start_listening("sshd in the local instance", Duration::from_secs(15), log_for, |port| {
+            let mut command = Command::new("chroot");
+            command
+                .arg(&merged)
+                .args(["/usr/sbin/sshd", "-D", "-e", "-p", &port.to_string()])
+                .args(["-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password"])
+                .args(["-o", "PasswordAuthentication=no", "-o", "UseDNS=no"]);
+            command
+        })?;
+        instance.port = sshd.port;
+        instance.sshd = Some(sshd.child);
+        Ok(instance)
     }
 
     /// On drop, keep what the build changed (the overlay's upper dir) at

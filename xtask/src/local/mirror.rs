@@ -9,14 +9,14 @@
 use std::{
     fs::{self, File},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{free_port, sandbox_dir, wait_for_port, NotListening};
+use super::{sandbox_dir, start_listening};
 
 /// The one Hadoop build the pyspark sdist gives.
 pub const HADOOP_BUILD: &str = "hadoop3";
@@ -145,40 +145,13 @@ pub struct MirrorServer {
 impl MirrorServer {
     /// Serves `dir` with the venv's Python (`http.server`), on a free port.
     pub fn start(venv: &Path, dir: &Path) -> Result<MirrorServer> {
-        let mut last_error = None;
-        for _ in 0..3 {
-            match Self::start_once(venv, dir) {
-                Ok(server) => return Ok(server),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("tried at least once"))
-    }
-
-    fn start_once(venv: &Path, dir: &Path) -> Result<MirrorServer> {
-        let port = free_port()?;
-        let log = sandbox_dir().join(format!("mirror-{port}.log"));
-        let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = Command::new(venv.join("bin/python3"))
-            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("start the Spark mirror (python3 -m http.server from the sandbox venv)")?;
-        match wait_for_port(&mut child, port, Duration::from_secs(15))? {
-            Ok(()) => Ok(MirrorServer { child, url: format!("http://127.0.0.1:{port}") }),
-            Err(NotListening::Exited(status)) => {
-                bail!("the Spark mirror exited ({status}) before it was ready; see {}", log.display())
-            }
-            Err(NotListening::TimedOut) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the Spark mirror did not listen on port {port} within 15s; see {}", log.display())
-            }
-        }
+        let log_for = |port| sandbox_dir().join(format!("mirror-{port}.log"));
+        let server = start_listening("the Spark mirror", Duration::from_secs(15), log_for, |port| {
+            let mut command = Command::new(venv.join("bin/python3"));
+            command.args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"]).arg(dir).arg(port.to_string());
+            command
+        })?;
+        Ok(MirrorServer { child: server.child, url: format!("http://127.0.0.1:{}", server.port) })
     }
 }
 

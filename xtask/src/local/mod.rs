@@ -11,8 +11,8 @@ use std::{
     fs::{self, File},
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -82,31 +82,71 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
 }
 
 /// A loopback port nobody listens on now.
-pub fn free_port() -> Result<u16> {
+fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("find a free loopback port")?;
     Ok(listener.local_addr()?.port())
 }
 
-/// Why a server the sandbox started is not listening.
-pub enum NotListening {
-    Exited(ExitStatus),
-    TimedOut,
+/// A server the sandbox started, listening on 127.0.0.1:`port`.
+pub struct Listening {
+    pub child: Child,
+    pub port: u16,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
 }
 
-/// Waits until `child` listens on 127.0.0.1:`port`; stops early if it exits.
-/// The outer error is a failure to ask; the inner one says why it is not up.
-pub fn wait_for_port(child: &mut Child, port: u16, limit: Duration) -> Result<Result<(), NotListening>> {
+/// Starts `what` (moto, the mirror, an instance's sshd) on a free loopback
+/// port and waits up to `limit` until it listens. `command` gives the command
+/// for a port, `log_for` the file its output goes to. Three ports are tried:
+/// another process may take one between our probe and the server's bind.
+pub fn start_listening(
+    what: &str,
+    limit: Duration,
+    log_for: impl Fn(u16) -> PathBuf,
+    command: impl Fn(u16) -> Command,
+) -> Result<Listening> {
+    let mut last_error = None;
+    for _ in 0..3 {
+        match start_listening_once(what, limit, &log_for, &command) {
+            Ok(server) => return Ok(server),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.expect("tried at least once"))
+}
+
+fn start_listening_once(
+    what: &str,
+    limit: Duration,
+    log_for: impl Fn(u16) -> PathBuf,
+    command: impl Fn(u16) -> Command,
+) -> Result<Listening> {
+    let port = free_port()?;
+    let log = log_for(port);
+    let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let mut command = command(port);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("start {what}: {:?}", command.get_program()))?;
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(status) = child.try_wait()? {
-            return Ok(Err(NotListening::Exited(status)));
+            let said = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{what} exited ({status}) before it was ready: {}; see {}", tail.join(" | "), log.display());
         }
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(Ok(()));
+            return Ok(Listening { child, port, log });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Err(NotListening::TimedOut))
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("{what} did not listen on port {port} within {limit:?}; see {}", log.display())
 }
 
 /// A running moto server; stopped when dropped.
@@ -120,49 +160,20 @@ pub struct Emulator {
 impl Emulator {
     pub fn start(sh: &Shell) -> Result<Emulator> {
         let venv = ensure_venv(sh)?;
-        let mut last_error = None;
-        // Another process may take the port between our probe and moto's bind.
-        for _ in 0..3 {
-            match Self::start_once(&venv) {
-                Ok(emulator) => return Ok(emulator),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("tried at least once"))
-    }
-
-    fn start_once(venv: &Path) -> Result<Emulator> {
-        let port = free_port()?;
-        let log = sandbox_dir().join(format!("moto-{port}.log"));
-        let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        // Its own process group, so a terminal's Ctrl-C leaves it serving
-        // while Packer cleans up; Drop stops it.
-        // moto_server, with the fix local/moto_server.py explains.
-        let child = Command::new(venv.join("bin/python3"))
-            .process_group(0)
-            .arg(project::root().join("local/moto_server.py"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_AMIS_PATH", source_amis())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("start moto_server from the sandbox venv")?;
-        let mut emulator = Emulator { child, port, venv: venv.to_path_buf(), log };
-        emulator.wait_until_ready(Duration::from_secs(30))?;
-        Ok(emulator)
-    }
-
-    fn wait_until_ready(&mut self, limit: Duration) -> Result<()> {
-        match wait_for_port(&mut self.child, self.port, limit)? {
-            Ok(()) => Ok(()),
-            Err(NotListening::Exited(status)) => {
-                bail!("moto_server exited ({status}) before it was ready; see {}", self.log.display())
-            }
-            Err(NotListening::TimedOut) => {
-                bail!("moto_server did not listen on port {} within {limit:?}; see {}", self.port, self.log.display())
-            }
-        }
+        let log_for = |port| sandbox_dir().join(format!("moto-{port}.log"));
+        let server = start_listening("moto_server", Duration::from_secs(30), log_for, |port| {
+            // moto_server, with the fix local/moto_server.py explains. Its own
+            // process group, so a terminal's Ctrl-C leaves it serving while
+            // Packer cleans up; Drop stops it.
+            let mut command = Command::new(venv.join("bin/python3"));
+            command
+                .process_group(0)
+                .arg(project::root().join("local/moto_server.py"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("MOTO_AMIS_PATH", source_amis());
+            command
+        })?;
+        Ok(Emulator { child: server.child, port: server.port, venv, log: server.log })
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,5 +194,45 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_log(name: &str) -> impl Fn(u16) -> PathBuf {
+        let dir = project::target_dir().join("test-scratch").join(format!("listening-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        move |port| dir.join(format!("{port}.log"))
+    }
+
+    fn shell(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[test]
+    fn a_server_that_exits_is_reported_with_what_it_said() {
+        let error = start_listening("the test server", Duration::from_secs(5), scratch_log("exits"), |_| {
+            shell("echo 'bind: address in use' >&2; exit 3")
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.starts_with("the test server exited (exit status: 3) before it was ready"), "{error}");
+        assert!(error.contains("bind: address in use"), "{error}");
+    }
+
+    #[test]
+    fn a_server_that_never_listens_is_stopped_after_the_limit() {
+        let limit = Duration::from_millis(200);
+        let error = start_listening("the test server", limit, scratch_log("silent"), |_| shell("exec sleep 30"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with("the test server did not listen on port"), "{error}");
+        assert!(error.contains("within 200ms"), "{error}");
     }
 }
