@@ -24,11 +24,7 @@ fetch_verified "${mirror%/}/$name/$name.tar.gz" "$work/$name.tar.gz" "${HADOOP_S
 
 unpack_and_link "$work/$name.tar.gz" "$name" "/opt/$name" /opt/hadoop
 
-cat >/etc/profile.d/hadoop.sh <<'PROFILE'
-export HADOOP_HOME=/opt/hadoop
-export PATH="$HADOOP_HOME/bin:$PATH"
-PROFILE
-chmod 0644 /etc/profile.d/hadoop.sh
+export_for_login_shells hadoop HADOOP_HOME /opt/hadoop
 
 reported=$(/opt/hadoop/bin/hadoop version 2>&1 | head -n 1) || die "hadoop version failed: $reported"
 [[ $reported == "Hadoop $version"* ]] || die "hadoop version says '$reported', expected Hadoop $version"

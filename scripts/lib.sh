@@ -202,6 +202,15 @@ unpack_and_link() {
   ln -sfn "$dest" "$link"
 }
 
+# /etc/profile.d/<name>.sh: sets <var>=<dir> and puts <dir>/bin first on PATH
+# for login shells.
+export_for_login_shells() {
+  local name=$1 var=$2 dir=$3
+  # shellcheck disable=SC2016 # $PATH is for the login shell to expand
+  printf 'export %s=%s\nexport PATH="$%s/bin:$PATH"\n' "$var" "$dir" "$var" >"/etc/profile.d/$name.sh"
+  chmod 0644 "/etc/profile.d/$name.sh"
+}
+
 # Spark fails with UnknownHostException when the hostname does not resolve.
 ensure_hostname_resolves() {
   local name

@@ -28,11 +28,7 @@ fetch_verified "${mirror%/}/spark-$version/$name.tgz" "$work/$name.tgz" "${SPARK
 
 unpack_and_link "$work/$name.tgz" "$name" "/opt/spark-$version" /opt/spark
 
-cat >/etc/profile.d/spark.sh <<'PROFILE'
-export SPARK_HOME=/opt/spark
-export PATH="$SPARK_HOME/bin:$PATH"
-PROFILE
-chmod 0644 /etc/profile.d/spark.sh
+export_for_login_shells spark SPARK_HOME /opt/spark
 
 ensure_hostname_resolves
 log "spark: Spark $version installed in /opt/spark-$version"
