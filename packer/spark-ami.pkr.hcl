@@ -110,14 +110,10 @@ variable "ssh_keypair_name" {
   default     = ""
   description = "The EC2 key pair of ssh_private_key_file (imported into the emulator locally)."
 }
-variable "spark_hadoop_build" {
-  type    = string
-  default = "hadoop3"
-}
-variable "spark_mirror" {
+variable "spark_url" {
   type        = string
-  default     = "https://archive.apache.org/dist/spark"
-  description = "Base URL laid out like Apache's archive: <mirror>/spark-<v>/spark-<v>-bin-<hadoop>.tgz"
+  default     = ""
+  description = "The Spark tarball's full URL, e.g. https://archive.apache.org/dist/spark/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz"
 }
 variable "spark_sha512" {
   type        = string
@@ -134,10 +130,10 @@ variable "hadoop_version" {
   default     = "none"
   description = "Hadoop installed next to Spark by scripts/hadoop.sh, or none."
 }
-variable "hadoop_mirror" {
+variable "hadoop_url" {
   type        = string
-  default     = "https://archive.apache.org/dist/hadoop/common"
-  description = "Base URL laid out like Apache's archive: <mirror>/hadoop-<v>/hadoop-<v>.tar.gz"
+  default     = ""
+  description = "The Hadoop tarball's full URL, when hadoop_version is not none."
 }
 variable "hadoop_sha512" {
   type    = string
@@ -250,12 +246,11 @@ build {
     execute_command = local.execute_command
     environment_vars = [
       "SPARK_VERSION=${var.spark_version}",
-      "SPARK_HADOOP_BUILD=${var.spark_hadoop_build}",
-      "SPARK_MIRROR=${var.spark_mirror}",
+      "SPARK_URL=${var.spark_url}",
       "SPARK_SHA512=${var.spark_sha512}",
       "SPARK_SHA512_SOURCE=${var.spark_sha512_source}",
       "HADOOP_VERSION=${var.hadoop_version}",
-      "HADOOP_MIRROR=${var.hadoop_mirror}",
+      "HADOOP_URL=${var.hadoop_url}",
       "HADOOP_SHA512=${var.hadoop_sha512}",
       "HADOOP_SHA512_SOURCE=${var.hadoop_sha512_source}",
     ]

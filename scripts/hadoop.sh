@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs Hadoop next to Spark, when the matrix asks for it: download
-# hadoop-<version>.tar.gz from the mirror, verify its SHA-512, unpack it to
+# the tarball at HADOOP_URL (hadoop-<version>.tar.gz), verify its SHA-512, unpack it to
 # /opt/hadoop-<version>, link /opt/hadoop, set HADOOP_HOME and PATH for
 # login shells, and check that `hadoop version` names the version.
 #
 # Environment:
 #   HADOOP_VERSION        e.g. 3.3.6
-#   HADOOP_MIRROR         base URL laid out like Apache's archive (default)
+#   HADOOP_URL            the tarball's full URL (build-amis writes it)
 #   HADOOP_SHA512         the expected SHA-512, lower-case hex
 #   HADOOP_SHA512_SOURCE  where that value comes from, said in the log
 set -euo pipefail
@@ -14,12 +14,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 version=${HADOOP_VERSION:?HADOOP_VERSION is not set}
-mirror=${HADOOP_MIRROR:-https://archive.apache.org/dist/hadoop/common}
+url=${HADOOP_URL:?HADOOP_URL is not set}
 name=hadoop-$version
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-fetch_verified "${mirror%/}/$name/$name.tar.gz" "$work/$name.tar.gz" "${HADOOP_SHA512:-}" \
+fetch_verified "$url" "$work/$name.tar.gz" "${HADOOP_SHA512:-}" \
   "${HADOOP_SHA512_SOURCE:-the matrix}"
 
 unpack_and_link "$work/$name.tar.gz" "$name" "/opt/$name" /opt/hadoop

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Installs Spark: download spark-<version>-bin-<hadoop>.tgz from the mirror,
+# Installs Spark: download the tarball at SPARK_URL (spark-<version>-bin-<hadoop>.tgz),
 # verify its SHA-512, unpack it to /opt/spark-<version>, link /opt/spark, set
 # SPARK_HOME and PATH for login shells, and make the hostname resolve.
 #
 # Environment:
 #   SPARK_VERSION         e.g. 3.5.3
-#   SPARK_HADOOP_BUILD    e.g. hadoop3
-#   SPARK_MIRROR          base URL laid out like Apache's archive (default)
+#   SPARK_URL             the tarball's full URL (build-amis writes it)
 #   SPARK_SHA512          the expected SHA-512, lower-case hex
 #   SPARK_SHA512_SOURCE   where that value comes from, said in the log
 set -euo pipefail
@@ -14,17 +13,17 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 version=${SPARK_VERSION:?SPARK_VERSION is not set}
-hadoop=${SPARK_HADOOP_BUILD:?SPARK_HADOOP_BUILD is not set}
-mirror=${SPARK_MIRROR:-https://archive.apache.org/dist/spark}
+url=${SPARK_URL:?SPARK_URL is not set}
 source_label=${SPARK_SHA512_SOURCE:-the matrix}
 
 [[ -f $BASE_MARKER ]] || die "no $BASE_MARKER: this system is not a spark-packer base image; run base.sh first or build on a base AMI"
 
-name=spark-$version-bin-$hadoop
+name=$(basename "$url" .tgz)
+[[ $name == "spark-$version-bin-"* ]] || die "SPARK_URL names $name, not a Spark $version tarball"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-fetch_verified "${mirror%/}/spark-$version/$name.tgz" "$work/$name.tgz" "${SPARK_SHA512:-}" "$source_label"
+fetch_verified "$url" "$work/$name.tgz" "${SPARK_SHA512:-}" "$source_label"
 
 unpack_and_link "$work/$name.tgz" "$name" "/opt/spark-$version" /opt/spark
 

@@ -16,10 +16,11 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use crate::{
-    build_amis::{self, Run},
-    local,
-    matrix::{Filters, Matrix, Strategy},
+    checks, local,
+    matrix::{Build, Filters, Strategy},
     packer, project,
+    run_report::{self, Report},
+    template::{RunStamp, TemplateVars},
 };
 
 /// Time the seed-2014 matrix four ways side by side; write BENCHMARKS.md
@@ -98,8 +99,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let emulator = local::Emulator::start(sh)?;
     let endpoint = emulator.endpoint();
     let aws = emulator.aws();
-    let matrix_text = fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?;
-    let matrix = Matrix::parse(&matrix_text)?;
+    let matrix = checks::load_matrix(&project::matrix_file())?;
     let builds = matrix.expand("seed-2014", &Filters::default(), Strategy::Copy, false)?;
     let regions: Vec<String> = builds[0].regions().map(str::to_string).collect();
     let work = project::target_dir().join("bench");
@@ -206,7 +206,7 @@ fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
     // The caches the first run would otherwise fill inside the timing.
     let venv = local::ensure_venv(sh)?;
     local::instance::ensure_rootfs(sh)?;
-    let matrix = Matrix::parse(&fs::read_to_string(project::matrix_file()).context("read packer/matrix.json")?)?;
+    let matrix = checks::load_matrix(&project::matrix_file())?;
     for spark in matrix.images.iter().filter_map(|i| i.spark.as_ref()) {
         local::mirror::ensure_spark(sh, &venv, &spark.version, &spark.hadoop_build)?;
     }
@@ -267,20 +267,27 @@ fn run_local_provisioned(sh: &Shell, dir: &Path, spark_on_base: bool) -> Result<
     if !output.status.success() {
         bail!("build-amis --local failed; see {}", dir.join("stderr.txt").display());
     }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
-    let builds = report["builds"].as_array().context("the report lists no builds")?;
+    let report = build_amis_report(&output.stdout)?;
     let mut base_sh_runs = 0;
-    for build in builds {
-        let log = project::root().join(build["log"].as_str().unwrap_or_default());
+    for build in &report.builds {
+        let log = project::root().join(&build.log);
         let text = fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
         base_sh_runs += usize::from(text.contains("spark-packer: base: done"));
     }
     Ok(LayerRun {
         wall,
-        instance_seconds: builds.iter().filter_map(|b| b["seconds"].as_f64()).sum(),
+        instance_seconds: report.builds.iter().map(|b| b.seconds).sum(),
         base_sh_runs,
-        amis: builds.iter().map(|b| b["amis"].as_object().map_or(0, |m| m.len())).sum(),
+        amis: amis_made(&report),
     })
+}
+
+fn build_amis_report(stdout: &[u8]) -> Result<Report> {
+    run_report::parse(&String::from_utf8_lossy(stdout)).context("parse build-amis --json")
+}
+
+fn amis_made(report: &Report) -> usize {
+    report.builds.iter().map(|b| b.amis.len()).sum()
 }
 
 /// The --spark-on-base section of BENCHMARKS.md.
@@ -291,14 +298,16 @@ pub fn render_spark_on_base(results: &Results<LayerWay>) -> String {
         out,
         "The seed-2014 matrix (4 builds, 32 AMIs) provisioned over SSH on the local instance \
          (`build-amis --local`: the real scripts, the smoke test's Spark job), two ways each round, \
-         in a rotating order. Instance time is the builds' times added up: what real EC2 bills.\n"
+         in a rotating order. \"Build time, summed\" adds up the builds' wall times. It is not what EC2 \
+         would bill: here the builds share 2 cores, so each one's time stretches with the others running; \
+         on EC2 each build has an instance of its own.\n"
     );
     let _ = writeln!(out, "Reproduce: `{}` (as root)", results.command);
     let _ = writeln!(out, "Machine: {}\n", results.machine);
     let _ = writeln!(
         out,
-        "| way | median wall (s) | median wall ratio | median instance time (s) | median instance-time ratio \
-         | base.sh runs | AMIs | every round: wall / instance (s) |"
+        "| way | median wall (s) | median wall ratio | median build time, summed (s) | its median ratio \
+         | base.sh runs | AMIs | every round: wall / summed (s) |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
     for way in &results.ways {
@@ -362,8 +371,7 @@ fn run_build_amis(sh: &Shell, endpoint: &str, dir: &Path, strategy: &str) -> Res
     if !output.status.success() {
         bail!("build-amis --strategy {strategy} failed; see {}", dir.join("stderr.txt").display());
     }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parse build-amis --json")?;
-    Ok(report["builds"].as_array().into_iter().flatten().map(|b| b["amis"].as_object().map_or(0, |m| m.len())).sum())
+    Ok(amis_made(&build_amis_report(&output.stdout)?))
 }
 
 fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Result<usize> {
@@ -373,6 +381,7 @@ fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Re
         sh,
         "packer build -machine-readable -color=false -var endpoint_ec2={endpoint} -var run_id={run_id} {template}"
     )
+    .env(packer::PANICWRAP_COOKIE.0, packer::PANICWRAP_COOKIE.1)
     .quiet()
     .ignore_status()
     .output()?;
@@ -384,29 +393,32 @@ fn run_single_packer(sh: &Shell, endpoint: &str, dir: &Path, round: usize) -> Re
     Ok(packer::artifacts(&String::from_utf8_lossy(&output.stdout)).len())
 }
 
-fn run_bash_loop(
-    sh: &Shell,
-    endpoint: &str,
-    dir: &Path,
-    builds: &[crate::matrix::Build],
-    round: usize,
-) -> Result<usize> {
+fn run_bash_loop(sh: &Shell, endpoint: &str, dir: &Path, builds: &[Build], round: usize) -> Result<usize> {
     // AMI names must be unique, so the run id differs per round.
-    let run = Run {
+    let stamp = RunStamp {
         run_id: format!("bench-{}-{round}", std::process::id()),
         git_commit: "bench".to_string(),
         created_at: project::rfc3339(project::now_secs()),
-        endpoint: Some(endpoint.to_string()),
-        skip_aws_validation: true,
-        provision: false,
-        log_dir: dir.to_path_buf(),
-        ami_list: dir.join("ami-list"),
     };
-    let var_files: Vec<PathBuf> = builds.iter().map(|b| build_amis::write_var_file(&run, b)).collect::<Result<_>>()?;
+    let var_files: Vec<PathBuf> = builds
+        .iter()
+        .map(|b| {
+            let vars = TemplateVars {
+                endpoint_ec2: endpoint.to_string(),
+                skip_aws_validation: true,
+                ..TemplateVars::for_build(b, &stamp)
+            };
+            vars.write(dir)
+        })
+        .collect::<Result<_>>()?;
     let script = project::root().join("bench/packer-loop.sh");
     let template = project::root().join("packer/spark-ami.pkr.hcl");
     let args = &var_files;
-    let output = cmd!(sh, "{script} {template} {args...}").quiet().ignore_status().output()?;
+    let output = cmd!(sh, "{script} {template} {args...}")
+        .env(packer::PANICWRAP_COOKIE.0, packer::PANICWRAP_COOKIE.1)
+        .quiet()
+        .ignore_status()
+        .output()?;
     if !output.status.success() {
         bail!(
             "bench/packer-loop.sh failed ({}); see the logs in {}",
@@ -489,7 +501,13 @@ pub fn render(results: &Results<WayResult>) -> String {
          --no-provision --preset seed-2014 --endpoint ...` with each strategy; `single-packer` \
          is one `packer build` of bench/seed-2014-single.pkr.hcl (the seed's 4 builders with \
          ami_regions); `bash-loop` is bench/packer-loop.sh (4 `packer build`s of \
-         packer/spark-ami.pkr.hcl with & and wait)."
+         packer/spark-ami.pkr.hcl with & and wait).\n\nLike for like: every way runs Packer 1.6.6 \
+         with `PACKER_WRAP_COOKIE` set, so Packer starts once instead of re-executing itself \
+         under its panic wrapper (build-amis always sets it; the baselines get it too), with \
+         `-machine-readable -color=false`, `CHECKPOINT_DISABLE=1`, the same dummy credentials \
+         and the same emulator. What differs is only the way: one process per build (build-amis, \
+         bash-loop) or one for all (single-packer), build-amis's own tags, records and report, \
+         and the strategy (native launches in all 8 regions)."
     );
     out
 }

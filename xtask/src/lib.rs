@@ -15,4 +15,7 @@ pub mod matrix;
 pub mod packer;
 pub mod progress;
 pub mod project;
+pub(crate) mod run_report;
+pub(crate) mod site;
+pub(crate) mod template;
 pub mod validate;

@@ -20,7 +20,7 @@ use crate::interrupt;
 /// panicwrap. One process start per build instead of two (`packer version`:
 /// 0.08 s to 0.04 s here). Packer's debug log then comes on stderr, which
 /// `build` keeps in `<build>.debug.log`; a panic still reaches stderr.
-const PANICWRAP_COOKIE: (&str, &str) = ("PACKER_WRAP_COOKIE", "49C22B1A-3A93-4C98-97FA-E07D18C787B5");
+pub(crate) const PANICWRAP_COOKIE: (&str, &str) = ("PACKER_WRAP_COOKIE", "49C22B1A-3A93-4C98-97FA-E07D18C787B5");
 
 /// The oldest Packer whose built-in amazon builders and HCL2 the templates use.
 pub const MIN_VERSION: (u32, u32, u32) = (1, 6, 6);

@@ -65,6 +65,37 @@ pub struct Printer {
 /// How often the printer says what is still running.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
+/// What Ctrl-C (or a second one) means for the work under way.
+fn interrupted_message(work: Work, builds: &[String], again: bool) -> String {
+    match (work, again) {
+        (Work::Deletions, false) => "interrupted: no more AMIs will be deregistered; the snapshots of those already \
+             deregistered are being deleted, so none is left behind. Press Ctrl-C again to stop at once."
+            .to_string(),
+        (Work::Deletions, true) => "stopped at once: an AMI deregistered just now may have left its snapshots; \
+             `cargo xtask clean-old-amis` does not see them. Find them with `aws ec2 describe-snapshots \
+             --owner-ids self --filters Name=tag:managed-by,Values=spark-packer`."
+            .to_string(),
+        (Work::Builds, false) => format!(
+            "interrupted: stopping {} running build{} ({}); Packer is cleaning up \
+             (terminating instances, deleting temporary key pairs and security groups). \
+             Nothing new starts. Press Ctrl-C again to stop waiting.",
+            builds.len(),
+            if builds.len() == 1 { "" } else { "s" },
+            builds.join(", ")
+        ),
+        (Work::Builds, true) if builds.is_empty() => {
+            "not waiting any longer; no Packer process was still running.".to_string()
+        }
+        (Work::Builds, true) => format!(
+            "not waiting any longer. These builds may still have an instance, key pair or \
+             security group in EC2: {}. Their logs are under target/packer-logs/; find \
+             leftovers with `aws ec2 describe-instances --filters \
+             Name=tag:managed-by,Values=spark-packer Name=instance-state-name,Values=pending,running`.",
+            builds.join(", ")
+        ),
+    }
+}
+
 impl Printer {
     /// `verbose` prints every Packer step; otherwise a heartbeat names the
     /// running builds and their current step every 30 s.
@@ -106,42 +137,8 @@ impl Printer {
                         running.remove(&build);
                         eprintln!("[{done:>width$}/{total}] {why} {build}");
                     }
-                    Ok(Event::Interrupted { work: Work::Deletions, again: false, .. }) => {
-                        eprintln!(
-                            "interrupted: no more AMIs will be deregistered; the snapshots of those already \
-                             deregistered are being deleted, so none is left behind. Press Ctrl-C again to stop \
-                             at once."
-                        );
-                    }
-                    Ok(Event::Interrupted { work: Work::Deletions, again: true, .. }) => {
-                        eprintln!(
-                            "stopped at once: an AMI deregistered just now may have left its snapshots; \
-                             `cargo xtask clean-old-amis` does not see them. Find them with `aws ec2 \
-                             describe-snapshots --owner-ids self --filters Name=tag:managed-by,Values=spark-packer`."
-                        );
-                    }
-                    Ok(Event::Interrupted { work: Work::Builds, running: builds, again: false }) => {
-                        eprintln!(
-                            "interrupted: stopping {} running build{} ({}); Packer is cleaning up \
-                             (terminating instances, deleting temporary key pairs and security groups). \
-                             Nothing new starts. Press Ctrl-C again to stop waiting.",
-                            builds.len(),
-                            if builds.len() == 1 { "" } else { "s" },
-                            builds.join(", ")
-                        );
-                    }
-                    Ok(Event::Interrupted { work: Work::Builds, running: builds, again: true }) => {
-                        if builds.is_empty() {
-                            eprintln!("not waiting any longer; no Packer process was still running.");
-                        } else {
-                            eprintln!(
-                                "not waiting any longer. These builds may still have an instance, key pair or \
-                                 security group in EC2: {}. Their logs are under target/packer-logs/; find \
-                                 leftovers with `aws ec2 describe-instances --filters \
-                                 Name=tag:managed-by,Values=spark-packer Name=instance-state-name,Values=pending,running`.",
-                                builds.join(", ")
-                            );
-                        }
+                    Ok(Event::Interrupted { work, running: builds, again }) => {
+                        eprintln!("{}", interrupted_message(work, &builds, again));
                     }
                     Ok(Event::Retrying { build, attempt, delay_secs, error }) => {
                         let first_line = error.lines().next().unwrap_or("");

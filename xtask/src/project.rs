@@ -18,6 +18,11 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The checked-in ami-list: only real AWS builds may write it.
+/// A path relative to the repository root where it lies inside it.
+pub fn display(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
+}
+
 pub fn checked_in_ami_list() -> PathBuf {
     root().join("ami-list")
 }

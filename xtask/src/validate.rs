@@ -16,11 +16,12 @@ use xshell::{cmd, Shell};
 
 use crate::{
     aws::{Aws, Image},
-    build_amis::{self, display},
     checks::{self, Entry, Known, Problem, Recorded},
     endpoint::EndpointArgs,
     matrix::{Filters, Strategy},
-    packer, project,
+    packer,
+    project::{self, display},
+    template::{self, RunStamp, TemplateVars},
 };
 
 /// Check templates, provisioners, matrix and ami-list; --online checks EC2 too
@@ -182,24 +183,20 @@ fn print_report(report: &Report, preset: &str) {
 fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec<Problem>> {
     let dir = project::target_dir().join("validate");
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let run = build_amis::Run {
+    let stamp = RunStamp {
         run_id: "validate".to_string(),
         git_commit: "validate".to_string(),
         created_at: "1970-01-01T00:00:00Z".to_string(),
-        endpoint: None,
-        skip_aws_validation: false,
-        // The template holds both builds (api_only and provisioned); one
-        // validate checks both.
-        provision: true,
-        log_dir: dir,
-        ami_list: PathBuf::new(),
     };
-    let template = project::root().join("packer/spark-ami.pkr.hcl");
+    let template = template::template_file();
     let template_name = display(&template);
     let results: Vec<Result<Vec<Problem>>> = builds
         .par_iter()
         .map_with(sh.clone(), |sh, build| {
-            let var_file = build_amis::write_var_file(&run, build)?;
+            // The template holds both builds (api_only and provisioned); one
+            // validate checks both.
+            let vars = TemplateVars { communicator: "ssh".to_string(), ..TemplateVars::for_build(build, &stamp) };
+            let var_file = vars.write(&dir)?;
             let output = cmd!(sh, "packer validate -machine-readable -var-file={var_file} {template}")
                 .quiet()
                 .ignore_status()

@@ -1,0 +1,369 @@
+//! Running the builds: one Packer process per build on a rayon pool, in two
+//! phases with --spark-on-base, transient failures retried, and each
+//! successful build's AMIs recorded in ami-list. Workers never print: they
+//! send events to the one printer.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::mpsc::Sender,
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use xshell::Shell;
+
+use super::base::{self, BaseAmi};
+use crate::{
+    ami_list::{self, Cell},
+    interrupt,
+    matrix::Build,
+    packer,
+    progress::{Event, Printer, Work},
+    project::display,
+    run_report::{BuildResult, Status},
+    site::Site,
+    template::{self, RunStamp, TemplateVars},
+};
+
+/// What every build of one run shares.
+pub(super) struct RunContext<'a> {
+    pub stamp: RunStamp,
+    pub site: &'a Site,
+    pub log_dir: PathBuf,
+    pub ami_list: PathBuf,
+    pub retries: u32,
+    pub jobs: u16,
+    pub spark_on_base: bool,
+    pub verbose: bool,
+}
+
+/// Where one build starts, and what it keeps for the builds that follow.
+struct LaunchFrom {
+    /// --spark-on-base: the base AMI this Spark build launches from.
+    base: Option<BaseAmi>,
+    /// A local base build of a --spark-on-base run keeps its instance's disk
+    /// here, for the local instances of the Spark builds on its AMI.
+    keep_disk: Option<PathBuf>,
+}
+
+/// Runs every build and returns their results in plan order (base first
+/// with --spark-on-base).
+pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<Vec<BuildResult>> {
+    let printer = Printer::start(builds.len(), run.verbose);
+    interrupt::install(printer.sender(), Work::Builds)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(usize::from(run.jobs))
+        .build()
+        .context("start the build thread pool")?;
+    let run_phase = |phase: &[&Build], launch_from: &(dyn Fn(&Shell, &Build) -> Result<LaunchFrom> + Sync)| {
+        let worker_state = (sh.clone(), printer.sender());
+        pool.install(|| {
+            phase
+                .par_iter()
+                .map_with(worker_state, |(sh, events), build| {
+                    // After Ctrl-C, run_build reports the build as not started; look nothing up.
+                    let from = if interrupt::interrupted() {
+                        Err(anyhow::anyhow!("interrupted"))
+                    } else {
+                        launch_from(sh, build)
+                    };
+                    run_build(sh, run, build, from, events)
+                })
+                .collect::<Vec<BuildResult>>()
+        })
+    };
+    // With --spark-on-base the base builds go first, keeping their local
+    // disks; the Spark builds then start from the base AMIs.
+    let (first, second): (Vec<&Build>, Vec<&Build>) =
+        builds.iter().partition(|b| !run.spark_on_base || b.image.spark.is_none());
+    let mut results = run_phase(&first, &|_, build| {
+        let keep_disk = run.site.base_disk(&build.name).filter(|_| build.image.spark.is_none());
+        Ok(LaunchFrom { base: None, keep_disk })
+    });
+    if !second.is_empty() {
+        let built: Vec<(&Build, &BuildResult)> = first.iter().copied().zip(&results).collect();
+        let on_base = run_phase(&second, &|sh, build| {
+            let base = base::resolve(sh, run.site, &run.ami_list, build, &built)?;
+            Ok(LaunchFrom { base: Some(base), keep_disk: None })
+        });
+        results.extend(on_base);
+    }
+    printer.finish();
+    Ok(results)
+}
+
+fn run_build(
+    sh: &Shell,
+    run: &RunContext,
+    build: &Build,
+    from: Result<LaunchFrom>,
+    events: &Sender<Event>,
+) -> BuildResult {
+    let clock = Instant::now();
+    let send = |event| {
+        let _ = events.send(event);
+    };
+    let mut result = BuildResult {
+        name: build.name.clone(),
+        image: build.image.name.clone(),
+        virt: build.virt.clone(),
+        arch: build.arch.clone(),
+        build_region: build.region.clone(),
+        status: Status::Interrupted,
+        amis: BTreeMap::new(),
+        recorded: Vec::new(),
+        seconds: 0.0,
+        attempts: 0,
+        base_ami: None,
+        log: String::new(),
+        error: None,
+        notes: Vec::new(),
+    };
+    if interrupt::interrupted() {
+        result.error = Some("not started: the run was interrupted".to_string());
+        send(Event::Skipped { build: build.name.clone(), why: "skip  ".to_string() });
+        return result;
+    }
+    let from = match from {
+        Ok(from) => from,
+        Err(e) => {
+            let error = format!("{e:#}");
+            result.status = Status::Failed;
+            result.error = Some(error.clone());
+            send(Event::Failed { build: build.name.clone(), error, log: String::new() });
+            return result;
+        }
+    };
+    result.base_ami = from.base.as_ref().map(|b| b.id.clone());
+    send(Event::Started {
+        build: build.name.clone(),
+        detail: match build.copy_regions.len() {
+            0 => format!("in {}", build.region),
+            n => format!("in {}, copying to {n} regions", build.region),
+        },
+    });
+    let outcome = build_with_retries(sh, run, build, &from, &mut result, &send);
+    settle(run, build, outcome, &mut result);
+    result.seconds = clock.elapsed().as_secs_f64();
+    send(match (&result.status, &result.error) {
+        (Status::Ok, _) => Event::Finished {
+            build: build.name.clone(),
+            detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
+        },
+        (Status::Interrupted, _) => Event::Skipped { build: build.name.clone(), why: "STOPPED".to_string() },
+        (_, error) => Event::Failed {
+            build: build.name.clone(),
+            error: error.clone().unwrap_or_default(),
+            log: result.log.clone(),
+        },
+    });
+    result
+}
+
+/// Packer, run again after a transient failure, up to `run.retries` times.
+fn build_with_retries(
+    sh: &Shell,
+    run: &RunContext,
+    build: &Build,
+    from: &LaunchFrom,
+    result: &mut BuildResult,
+    send: &dyn Fn(Event),
+) -> Result<BTreeMap<String, String>, Failure> {
+    loop {
+        result.attempts += 1;
+        let log = match result.attempts {
+            1 => run.log_dir.join(format!("{}.log", build.name)),
+            n => run.log_dir.join(format!("{}.attempt-{n}.log", build.name)),
+        };
+        result.log = display(&log);
+        let outcome =
+            packer_build(sh, run, build, from, &log, |step| send(Event::Step { build: build.name.clone(), step }));
+        result.notes = fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default();
+        match outcome {
+            Err(failure) if failure.transient && result.attempts <= run.retries && !interrupt::interrupted() => {
+                let delay_secs = retry_delay_secs(result.attempts);
+                send(Event::Retrying {
+                    build: build.name.clone(),
+                    attempt: result.attempts + 1,
+                    delay_secs,
+                    error: failure.message,
+                });
+                std::thread::sleep(std::time::Duration::from_secs(delay_secs));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Records a successful build's AMIs; says why a build did not succeed.
+fn settle(
+    run: &RunContext,
+    build: &Build,
+    outcome: Result<BTreeMap<String, String>, Failure>,
+    result: &mut BuildResult,
+) {
+    match outcome {
+        Ok(amis) => {
+            result.amis = amis;
+            match record(&run.ami_list, build, &result.amis) {
+                Ok(recorded) => {
+                    result.recorded = recorded;
+                    result.status = Status::Ok;
+                }
+                Err(e) => {
+                    result.status = Status::Failed;
+                    result.error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        Err(failure) => {
+            result.amis = failure.amis;
+            if interrupt::interrupted() {
+                result.status = Status::Interrupted;
+                result.error = Some(format!("stopped by the interrupt; Packer cleaned up (see {})", result.log));
+            } else {
+                result.status = Status::Failed;
+                result.error = Some(failure.message);
+            }
+        }
+    }
+}
+
+/// 5 s, then 10 s, 20 s, ... capped at a minute: AWS throttling eases in seconds.
+pub(super) fn retry_delay_secs(attempt: u32) -> u64 {
+    (5u64 << attempt.saturating_sub(1).min(6)).min(60)
+}
+
+struct Failure {
+    message: String,
+    amis: BTreeMap<String, String>,
+    /// Worth running again (see `packer::is_transient`).
+    transient: bool,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure { message: format!("{e:#}"), amis: BTreeMap::new(), transient: false }
+    }
+}
+
+/// Runs Packer for one build; returns region -> AMI ID for every region the
+/// build promised, or why it failed.
+fn packer_build(
+    sh: &Shell,
+    run: &RunContext,
+    build: &Build,
+    from: &LaunchFrom,
+    log: &Path,
+    mut on_step: impl FnMut(String),
+) -> Result<BTreeMap<String, String>, Failure> {
+    let mut vars = TemplateVars::for_build(build, &run.stamp);
+    if let Some(base) = &from.base {
+        vars.source_ami_name = base.name.clone();
+        vars.source_ami_owners = vec!["self".to_string()];
+        vars.base_ami = base.id.clone();
+    }
+    // Held until Packer is done; dropping it tears a local instance down.
+    let base_disk = from.base.as_ref().and_then(|b| b.disk.as_deref());
+    let mut reach = run.site.reach(sh, build, &mut vars, base_disk)?;
+    let var_file = vars.write(&run.log_dir)?;
+    let only = if run.site.provision { "amazon-ebs.provisioned" } else { "amazon-ebs.api_only" };
+    let packer_run = packer::build(sh, &template::template_file(), &var_file, Some(only), log, |line| {
+        if let Some(step) = packer::step(line) {
+            on_step(step);
+        }
+    })
+    .with_context(|| format!("packer build {}", build.name))?;
+
+    let amis: BTreeMap<String, String> =
+        packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
+    if !packer_run.success {
+        let errors = packer::errors(&packer_run.output);
+        let packer_message = errors
+            .first()
+            .cloned()
+            .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
+            .unwrap_or_else(|| "packer build failed without a message".to_string());
+        // A provisioner's own ERROR line says what went wrong; Packer only
+        // says that the script exited non-zero.
+        let message = match provisioner_says(&packer_run.output, "ERROR").last() {
+            Some(error) => format!("{error} (packer: {packer_message})"),
+            None => packer_message,
+        };
+        let transient = packer::is_transient(&message, &packer_run.output);
+        return Err(Failure { message, amis, transient });
+    }
+    let missing: Vec<&str> = build.regions().filter(|r| !amis.contains_key(*r)).collect();
+    if !missing.is_empty() {
+        return Err(Failure {
+            message: format!("Packer succeeded but reported no AMI for {}", missing.join(", ")),
+            amis,
+            transient: false,
+        });
+    }
+    if let Some(dest) = &from.keep_disk {
+        reach.keep_disk_as(dest.clone());
+    }
+    Ok(amis)
+}
+
+/// What the provisioners said with `spark-packer: <LEVEL>: ...`, in order.
+pub(super) fn provisioner_says(output: &str, level: &str) -> Vec<String> {
+    let marker = format!("spark-packer: {level}: ");
+    output
+        .lines()
+        .filter_map(packer::parse_line)
+        .filter(|line| line.kind == "ui")
+        .filter_map(|line| {
+            let text = line.data.get(1)?;
+            let (_, said) = text.split_once(&marker)?;
+            Some(said.trim_end().to_string())
+        })
+        .collect()
+}
+
+/// Writes one ami-list file per region of a successful build.
+fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for region in build.regions() {
+        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+        ami_list::write(root, &cell, &amis[region])?;
+        written.push(cell.relative_path().display().to_string());
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded from Packer 1.6.6 logs of xtask/tests/provision.rs builds.
+    const FAILED_SMOKE_TEST: &str = "\
+1795609719,,ui,message,    amazon-ebs.provisioned: spark-packer: smoke test: starting a standalone master
+1795609719,,ui,error,==> amazon-ebs.provisioned: spark-packer: ERROR: smoke test: the Spark master exited before it was ready
+1795609719,,ui,error,Build 'amazon-ebs.provisioned' errored after 27 seconds 182 milliseconds: Script exited with non-zero exit status: 1.Allowed exit codes are: [0]
+1795609719,amazon-ebs.provisioned,error,Script exited with non-zero exit status: 1.Allowed exit codes are: [0]
+";
+
+    #[test]
+    fn the_provisioners_own_errors_and_notes_are_lifted_from_the_log() {
+        assert_eq!(
+            provisioner_says(FAILED_SMOKE_TEST, "ERROR"),
+            ["smoke test: the Spark master exited before it was ready"]
+        );
+        assert!(provisioner_says(FAILED_SMOKE_TEST, "NOTE").is_empty());
+        // Not recorded (Debian packages gmond): the ERROR line above with NOTE's text.
+        let note = "1795609075,,ui,message,    amazon-ebs.provisioned: spark-packer: NOTE: ganglia gmond: not \
+                    packaged for amzn 2023; not installed";
+        assert_eq!(provisioner_says(note, "NOTE"), ["ganglia gmond: not packaged for amzn 2023; not installed"]);
+    }
+
+    #[test]
+    fn retries_back_off_to_a_minute() {
+        let delays: Vec<u64> = (1..=6).map(retry_delay_secs).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
+    }
+}

@@ -1,0 +1,158 @@
+//! What a build-amis run records: one report per run under
+//! target/build-reports/, written once the builds are done and read back by
+//! `--resume` and the benchmark through the same types.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{matrix::Strategy, project, site::downloads::ImageDownloads};
+
+/// The outcome of one build, as reported and saved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub name: String,
+    pub image: String,
+    pub virt: String,
+    pub arch: String,
+    pub build_region: String,
+    pub status: Status,
+    /// Region -> AMI ID, for every AMI Packer reported (even on failure).
+    pub amis: BTreeMap<String, String>,
+    /// The ami-list files written, relative to the tree.
+    pub recorded: Vec<String>,
+    pub seconds: f64,
+    /// Packer runs: 1, or more when transient failures were retried.
+    pub attempts: u32,
+    /// --spark-on-base: the base AMI this build launched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ami: Option<String>,
+    pub log: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the provisioners left out on purpose (`spark-packer: NOTE:`
+    /// lines), e.g. Ganglia where the OS does not package it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+    /// Not run, or stopped, because of Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub preset: String,
+    pub strategy: Strategy,
+    pub provisioned: bool,
+    /// False only when --skip-smoke-test turned the Spark smoke test off.
+    pub smoke_test: bool,
+    /// Image -> where its Spark (and Hadoop) came from, and the SHA-512s they were checked against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub downloads: BTreeMap<String, ImageDownloads>,
+    pub endpoint: Option<String>,
+    pub ami_list: String,
+    pub git_commit: String,
+    pub builds: Vec<BuildResult>,
+}
+
+impl Report {
+    pub fn count(&self, status: Status) -> usize {
+        self.builds.iter().filter(|b| b.status == status).count()
+    }
+
+    /// The names of the builds that failed or were interrupted.
+    pub fn unfinished(&self) -> Vec<&str> {
+        self.builds.iter().filter(|b| b.status != Status::Ok).map(|b| b.name.as_str()).collect()
+    }
+}
+
+pub(crate) fn reports_dir() -> PathBuf {
+    project::target_dir().join("build-reports")
+}
+
+pub(crate) fn latest_path() -> PathBuf {
+    reports_dir().join("latest.json")
+}
+
+/// Writes `<run id>.json` and, atomically, `latest.json`.
+pub(crate) fn save(report: &Report) -> Result<PathBuf> {
+    let dir = reports_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{}.json", report.run_id));
+    let json = serde_json::to_string_pretty(report)?;
+    fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
+    let tmp = dir.join(format!(".latest.json.tmp-{}", std::process::id()));
+    fs::write(&tmp, &json).and_then(|()| fs::rename(&tmp, latest_path())).context("write latest.json")?;
+    Ok(path)
+}
+
+pub(crate) fn load(path: &Path) -> Result<Report> {
+    let text = fs::read_to_string(path).with_context(|| {
+        format!("read the report {}: no earlier run to resume? run without --resume", path.display())
+    })?;
+    parse(&text).with_context(|| format!("read the report {}", path.display()))
+}
+
+pub(crate) fn parse(text: &str) -> Result<Report> {
+    match serde_json::from_str(text) {
+        Ok(report) => Ok(report),
+        Err(e) => bail!("not a build-amis report ({e}): name a file from target/build-reports/"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::matrix::Build;
+
+    /// A result for `build` with one made-up AMI per region.
+    pub(crate) fn result_of(build: &Build, status: Status) -> BuildResult {
+        BuildResult {
+            name: build.name.clone(),
+            image: build.image.name.clone(),
+            virt: build.virt.clone(),
+            arch: build.arch.clone(),
+            build_region: build.region.clone(),
+            status,
+            amis: build.regions().map(|r| (r.to_string(), format!("ami-{:08x}", r.len()))).collect(),
+            recorded: Vec::new(),
+            seconds: 1.0,
+            attempts: 1,
+            base_ami: None,
+            log: format!("{}.log", build.name),
+            error: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn report_of(builds: Vec<BuildResult>) -> Report {
+        Report {
+            run_id: "r1".to_string(),
+            started_at: "t".to_string(),
+            seconds: 30.0,
+            preset: "default".to_string(),
+            strategy: Strategy::Copy,
+            provisioned: true,
+            smoke_test: true,
+            downloads: BTreeMap::new(),
+            endpoint: None,
+            ami_list: "ami-list".to_string(),
+            git_commit: "g".to_string(),
+            builds,
+        }
+    }
+}

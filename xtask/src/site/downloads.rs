@@ -1,0 +1,183 @@
+//! What the provisioners download and the SHA-512 each must have: the
+//! matrix's Apache pins, from Apache's archive or a mirror of it, or a local
+//! mirror's own checksums. The full URLs go to the template as variables, so
+//! the scripts never rebuild a mirror's layout.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    local,
+    matrix::{Build, Hadoop, Spark},
+};
+
+pub(crate) const APACHE_SPARK: &str = "https://archive.apache.org/dist/spark";
+pub(crate) const APACHE_HADOOP: &str = "https://archive.apache.org/dist/hadoop/common";
+const MATRIX_PIN: &str = "packer/matrix.json (Apache's SHA-512)";
+
+/// Where Spark and Hadoop come from, as the user chose.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SourceArgs {
+    /// Where spark.sh downloads Spark, laid out like Apache's archive
+    /// (<URL>/spark-<v>/spark-<v>-bin-<hadoop>.tgz). Default: Apache's
+    /// archive; with --local, a mirror built from the pyspark sdist on PyPI
+    /// and served on 127.0.0.1.
+    #[arg(long, value_name = "URL")]
+    pub spark_mirror: Option<String>,
+
+    /// Where hadoop.sh downloads Hadoop, for images whose matrix entry names
+    /// a Hadoop version (<URL>/hadoop-<v>/hadoop-<v>.tar.gz). Default:
+    /// Apache's archive; with --local, the local mirror.
+    #[arg(long, value_name = "URL")]
+    pub hadoop_mirror: Option<String>,
+
+    /// With --local: serve this directory as the mirror instead of the one
+    /// built from PyPI, with the SHA-512s of its .sha512 files. Lay it out
+    /// like Apache's archive: spark-<v>/spark-<v>-bin-<hadoop>.tgz,
+    /// hadoop-<v>/hadoop-<v>.tar.gz. For tests and offline tarballs.
+    #[arg(long, value_name = "DIR", requires = "local")]
+    pub local_mirror: Option<PathBuf>,
+}
+
+/// One tarball a provisioner downloads: where from, and the SHA-512 it must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    pub url: String,
+    pub sha512: String,
+    /// Whose SHA-512 it is, said in the build log: the matrix's Apache pin, or a local mirror's own.
+    pub sha512_source: String,
+}
+
+/// What one image downloads: Spark, and Hadoop where the matrix asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDownloads {
+    pub spark: Download,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hadoop: Option<Download>,
+}
+
+/// A tarball as Apache's archive lays it out: `<mirror>/<dir>/<file>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tarball {
+    pub dir: String,
+    pub file: String,
+    /// The matrix's pin: the SHA-512 of Apache's file.
+    pub pinned: String,
+}
+
+impl Tarball {
+    pub fn spark(spark: &Spark) -> Tarball {
+        let v = &spark.version;
+        Tarball {
+            dir: format!("spark-{v}"),
+            file: format!("spark-{v}-bin-{}.tgz", spark.hadoop_build),
+            pinned: spark.sha512.clone(),
+        }
+    }
+
+    pub fn hadoop(hadoop: &Hadoop) -> Tarball {
+        let v = &hadoop.version;
+        Tarball { dir: format!("hadoop-{v}"), file: format!("hadoop-{v}.tar.gz"), pinned: hadoop.sha512.clone() }
+    }
+
+    pub fn url(&self, mirror: &str) -> String {
+        format!("{}/{}/{}", mirror.trim_end_matches('/'), self.dir, self.file)
+    }
+
+    /// The matrix's pin, refused unless it is a SHA-512: real builds must
+    /// never download without checking.
+    pub fn pin(&self, apache: &str) -> Result<Download> {
+        let valid = self.pinned.len() == 128 && self.pinned.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            bail!(
+                "the matrix pins no valid SHA-512 for {} ({:?}): put the lower-case hex from {}.sha512 \
+                 in packer/matrix.json",
+                self.file,
+                self.pinned,
+                self.url(apache)
+            );
+        }
+        Ok(Download { url: self.url(apache), sha512: self.pinned.clone(), sha512_source: MATRIX_PIN.to_string() })
+    }
+}
+
+/// Where the provisioners download from: a mirror URL, and whose SHA-512s
+/// they check against.
+pub(crate) enum Mirror {
+    /// The matrix's pins (Apache's values), from Apache's archive or a mirror of it.
+    Pinned { url: String, apache: &'static str },
+    /// A local mirror directory served at `url`: its own .sha512 files.
+    Local { url: String, dir: PathBuf, label: String },
+}
+
+impl Mirror {
+    /// `explicit`, or Apache's archive, with the matrix's pins.
+    pub fn pinned(explicit: &Option<String>, apache: &'static str) -> Mirror {
+        Mirror::Pinned { url: explicit.clone().unwrap_or_else(|| apache.to_string()), apache }
+    }
+
+    fn download(&self, tarball: &Tarball) -> Result<Download> {
+        match self {
+            Mirror::Pinned { url, apache } => Ok(Download { url: tarball.url(url), ..tarball.pin(apache)? }),
+            Mirror::Local { url, dir, label } => {
+                let file = dir.join(&tarball.dir).join(&tarball.file);
+                let sha512 = local::mirror::published_sha512(&file).with_context(|| {
+                    format!("the local mirror has no {}: pass --local-mirror DIR holding it", tarball.file)
+                })?;
+                Ok(Download { url: tarball.url(url), sha512, sha512_source: label.clone() })
+            }
+        }
+    }
+}
+
+/// Image -> its downloads, for every image of `builds` with Spark.
+pub(crate) fn for_builds(
+    builds: &[Build],
+    spark: &Mirror,
+    hadoop: &Mirror,
+) -> Result<BTreeMap<String, ImageDownloads>> {
+    let mut downloads = BTreeMap::new();
+    for build in builds {
+        let Some(image) = &build.image.spark else { continue };
+        let hadoop = image.install_hadoop.as_ref().map(|h| hadoop.download(&Tarball::hadoop(h))).transpose()?;
+        let wanted = ImageDownloads { spark: spark.download(&Tarball::spark(image))?, hadoop };
+        downloads.insert(build.image.name.clone(), wanted);
+    }
+    Ok(downloads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+
+    #[test]
+    fn real_builds_need_a_pinned_sha512() {
+        let matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+        let spark = matrix.images.iter().find_map(|i| i.spark.clone()).unwrap();
+        let tarball = Tarball::spark(&spark);
+        let download = tarball.pin(APACHE_SPARK).unwrap();
+        assert_eq!(download.url, format!("{APACHE_SPARK}/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz"));
+        assert_eq!(download.sha512_source, MATRIX_PIN);
+        let pending = Tarball { pinned: "PENDING".to_string(), ..tarball };
+        let error = pending.pin(APACHE_SPARK).unwrap_err().to_string();
+        assert!(error.contains("pins no valid SHA-512") && error.contains("hadoop3.tgz.sha512"), "{error}");
+        let hadoop = Tarball::hadoop(&Hadoop { version: "3.3.6".to_string(), sha512: String::new() });
+        assert_eq!(hadoop.url(APACHE_HADOOP), format!("{APACHE_HADOOP}/hadoop-3.3.6/hadoop-3.3.6.tar.gz"));
+    }
+
+    #[test]
+    fn a_mirror_given_by_the_user_keeps_the_matrix_pin() {
+        let matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+        let builds = matrix.expand("seed-2014", &Default::default(), crate::matrix::Strategy::Copy, false).unwrap();
+        let mirror = Mirror::pinned(&Some("http://mirror.example/spark/".to_string()), APACHE_SPARK);
+        let hadoop = Mirror::pinned(&None, APACHE_HADOOP);
+        let downloads = for_builds(&builds, &mirror, &hadoop).unwrap();
+        let spark = &downloads["spark-3.5.3"].spark;
+        assert_eq!(spark.url, "http://mirror.example/spark/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz");
+        assert_eq!(spark.sha512, matrix.images[1].spark.as_ref().unwrap().sha512);
+        assert!(!downloads.contains_key("base"));
+    }
+}
