@@ -125,6 +125,10 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
     assert!(spark_log.contains(r#"Adding tag: "spark-packer:smoke-test": "passed""#), "{spark_log}");
     let base_log = build_log(build(&report, "base-hvm-x86_64"));
+    // The rootfs has no Java: base.sh really installs it, then runs it.
+    let installed = base_log.find("Setting up openjdk-").unwrap_or_else(|| panic!("apt installed no JDK:\n{base_log}"));
+    let ran = base_log.rfind("spark-packer: base: done (openjdk version").expect("java -version after the install");
+    assert!(installed < ran, "java ran before apt installed it:\n{base_log}");
     assert!(!base_log.contains("smoke test:"), "the base image has no Spark to test:\n{base_log}");
     assert!(base_log.contains(r#"Adding tag: "spark-packer:smoke-test": "no-spark""#), "{base_log}");
 }

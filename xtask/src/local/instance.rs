@@ -19,16 +19,15 @@ use xshell::{cmd, Shell};
 use super::{sandbox_dir, start_listening};
 use crate::aws::Aws;
 
-/// What the cached rootfs holds before any provisioner runs. Java is here
-/// (base.sh still asks apt for it) because downloading it for every build
-/// would dominate the build time; the rest is what sshd, the scripts' own
-/// downloads and the mirror check need.
-pub const ROOTFS_PACKAGES: [&str; 6] =
-    ["openssh-server", "openjdk-17-jre-headless", "python3", "procps", "curl", "ca-certificates"];
+/// What the cached rootfs holds before any provisioner runs: what the
+/// official Debian cloud image ships and the scripts rely on (sshd, sudo,
+/// python3 for cloud-init, curl, ca-certificates, procps), and nothing a
+/// provisioner is meant to install. Java in particular is base.sh's job.
+pub const ROOTFS_PACKAGES: [&str; 6] = ["openssh-server", "sudo", "python3", "procps", "curl", "ca-certificates"];
 const SUITE: &str = "bookworm";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// Bump when the rootfs setup below changes, so caches are rebuilt.
-const ROOTFS_SETUP_VERSION: u32 = 2;
+const ROOTFS_SETUP_VERSION: u32 = 3;
 
 /// The name the sandbox key is imported under in the emulator.
 pub const KEYPAIR_NAME: &str = "spark-packer-local";
@@ -47,6 +46,31 @@ pub fn require_root(sh: &Shell) -> Result<()> {
 
 pub fn rootfs_dir() -> PathBuf {
     sandbox_dir().join(format!("rootfs-{SUITE}"))
+}
+
+/// The .deb files apt downloaded for this release, shared by every local
+/// instance, so each package downloads once per machine while every build
+/// still runs apt-get install. Hard links, not a bind mount: concurrent apt
+/// runs would fight over one archives lock.
+pub fn package_cache_dir() -> PathBuf {
+    sandbox_dir().join(format!("apt-archives-{SUITE}"))
+}
+
+const APT_ARCHIVES: &str = "var/cache/apt/archives";
+
+/// Hard-links every .deb of `from` that `to` lacks into `to`.
+fn link_debs(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    let Ok(entries) = fs::read_dir(from) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_deb = name.to_string_lossy().ends_with(".deb") && entry.file_type().is_ok_and(|t| t.is_file());
+        if is_deb && !to.join(&name).exists() {
+            fs::hard_link(entry.path(), to.join(&name))
+                .with_context(|| format!("link {} into {}", entry.path().display(), to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn instances_dir() -> PathBuf {
@@ -201,6 +225,7 @@ impl Instance {
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
+        link_debs(&package_cache_dir(), &upper.join(APT_ARCHIVES)).context("fill the instance's package cache")?;
         let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
         let options =
             format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
@@ -245,6 +270,8 @@ impl Drop for Instance {
             let _ = sshd.kill();
             let _ = sshd.wait();
         }
+        // What apt downloaded here, for the next instances.
+        let _ = link_debs(&self.dir.join("upper").join(APT_ARCHIVES), &package_cache_dir());
         if let Some(dest) = self.keep_disk.take() {
             // Only a fully stopped and unmounted upper dir can become a lower layer.
             if stop(&self.sh, &self.dir).is_ok() {
