@@ -85,10 +85,11 @@ pub struct Preset {
     pub public: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Build once in the build region and copy to the others (`ami_regions`): fewest launches.
+    #[default]
     Copy,
     /// Build in every region: no copies, one launch per region.
     Native,

@@ -1,6 +1,8 @@
 //! What a build-amis run records: one report per run under
 //! target/build-reports/, written once the builds are done and read back by
-//! `--resume` and the benchmark through the same types.
+//! `--resume` and the benchmark through the same types. Reading needs only
+//! what resuming needs (run id, tree, each build's name and status), so a
+//! report from an older version of the tool still resumes.
 
 use std::{
     collections::BTreeMap,
@@ -17,21 +19,30 @@ use crate::{matrix::Strategy, project, site::downloads::ImageDownloads};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildResult {
     pub name: String,
+    #[serde(default)]
     pub image: String,
+    #[serde(default)]
     pub virt: String,
+    #[serde(default)]
     pub arch: String,
+    #[serde(default)]
     pub build_region: String,
     pub status: Status,
     /// Region -> AMI ID, for every AMI Packer reported (even on failure).
+    #[serde(default)]
     pub amis: BTreeMap<String, String>,
     /// The ami-list files written, relative to the tree.
+    #[serde(default)]
     pub recorded: Vec<String>,
+    #[serde(default)]
     pub seconds: f64,
     /// Packer runs: 1, or more when transient failures were retried.
+    #[serde(default)]
     pub attempts: u32,
     /// --spark-on-base: the base AMI this build launched from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ami: Option<String>,
+    #[serde(default)]
     pub log: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -53,18 +64,26 @@ pub enum Status {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub run_id: String,
+    #[serde(default)]
     pub started_at: String,
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub preset: String,
+    #[serde(default)]
     pub strategy: Strategy,
+    #[serde(default)]
     pub provisioned: bool,
     /// False only when --skip-smoke-test turned the Spark smoke test off.
+    #[serde(default)]
     pub smoke_test: bool,
     /// Image -> where its Spark (and Hadoop) came from, and the SHA-512s they were checked against.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub downloads: BTreeMap<String, ImageDownloads>,
+    #[serde(default)]
     pub endpoint: Option<String>,
     pub ami_list: String,
+    #[serde(default)]
     pub git_commit: String,
     pub builds: Vec<BuildResult>,
 }
