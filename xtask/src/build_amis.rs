@@ -236,6 +236,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     };
     let mut builds = matrix.expand(&args.preset, &filters, args.strategy, args.public)?;
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    ami_list::writable_ami_list(&ami_list_root)?;
     if let Some(report) = &args.resume {
         let report_path = if report.as_os_str() == "latest" { latest_report_path() } else { report.clone() };
         let text = fs::read_to_string(&report_path).with_context(|| {
@@ -1107,15 +1108,11 @@ pub fn provisioner_says(output: &str, level: &str) -> Vec<String> {
         .collect()
 }
 
-/// Writes one ami-list file per region of a successful build.
+/// Writes one ami-list file per region of a successful build, all or none.
 fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
-    let mut written = Vec::new();
-    for region in build.regions() {
-        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
-        ami_list::write(root, &cell, &amis[region])?;
-        written.push(cell.relative_path().display().to_string());
-    }
-    Ok(written)
+    let cell = |region: &str| Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+    let cells: Vec<(Cell, String)> = build.regions().map(|region| (cell(region), amis[region].clone())).collect();
+    ami_list::write_all(root, &cells)
 }
 
 fn save_report(report: &Report) -> Result<PathBuf> {
