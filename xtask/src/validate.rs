@@ -121,10 +121,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let recorded = match &matrix {
         Some(matrix) => {
             let may_be_missing = args.ami_list.is_none() && args.endpoint.is_emulator();
-            let (entries, refused) = scan_tree(&ami_list_root, may_be_missing)?;
+            let known = Known::from_matrix(matrix);
+            let (entries, refused) = scan_tree(&ami_list_root, may_be_missing, &known)?;
             report.problems.extend(refused);
-            let (problems, recorded) =
-                checks::check_tree(&display(&ami_list_root), &entries, &Known::from_matrix(matrix));
+            let (problems, recorded) = checks::check_tree(&display(&ami_list_root), &entries, &known);
             report.problems.extend(problems);
             report.not_built = checks::missing_cells(&builds, &recorded);
             if args.complete {
@@ -353,8 +353,9 @@ pub fn parse_shellcheck(output: &str) -> Vec<Problem> {
 /// The entries under `root` for the checks, sorted, and a problem for each
 /// one the walker would not read (a symlink, FIFO, a file over 4 KiB, ...).
 /// A missing or unreadable tree is an error, except an emulator's default
-/// tree before anything was built there.
-fn scan_tree(root: &Path, may_be_missing: bool) -> Result<(Vec<Entry>, Vec<Problem>)> {
+/// tree before anything was built there. Under an unknown image, the one
+/// "unknown image" problem stands for everything in it.
+fn scan_tree(root: &Path, may_be_missing: bool, known: &Known) -> Result<(Vec<Entry>, Vec<Problem>)> {
     let (mut entries, mut problems) = (Vec::new(), Vec::new());
     if may_be_missing && fs::symlink_metadata(root).is_err() {
         return Ok((entries, problems));
@@ -363,9 +364,10 @@ fn scan_tree(root: &Path, may_be_missing: bool) -> Result<(Vec<Entry>, Vec<Probl
         match found {
             Found::Dir(rel) => entries.push(Entry::Dir(rel)),
             Found::File(rel, content) => entries.push(Entry::File(rel, content.unwrap_or_default())),
-            Found::Refused(rel, message) => {
-                problems.push(Problem { path: format!("{}/{rel}", display(root)), line: 1, message })
-            }
+            Found::Refused(rel, message) => match rel.split_once('/') {
+                Some((image, _)) if !known.images.contains(image) => {}
+                _ => problems.push(Problem { path: format!("{}/{rel}", display(root)), line: 1, message }),
+            },
         }
     }
     Ok((entries, problems))
