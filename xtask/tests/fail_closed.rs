@@ -118,9 +118,14 @@ fn no_raw_control_bytes(output: &Output) {
 fn repro_1_emulator_ids_never_reach_the_checked_in_tree_however_spelled() {
     let before = checked_in_bytes();
     let emulator = local::Emulator::start(&emulator_shell()).unwrap();
-    let port = emulator.port;
     let root = project::root();
     let checked_in = project::checked_in_ami_list();
+    // Each child sees the checked-in tree read-only, so even a broken guard
+    // cannot write it. Where that cannot be arranged, the runs aim at a port
+    // nobody serves: a broken guard then gets no AMI to record.
+    let namespaces = namespaces_allowed();
+    let port = if namespaces { emulator.port } else { 9 };
+    let guarded = |command: Command| with_read_only(&checked_in, &command).unwrap_or(command);
     let spellings =
         ["0.0.0.0", "LOCALHOST", "localhost.", "[::ffff:127.0.0.1]", "2130706433", "0x7f000001", "ip6-localhost"];
     for host in spellings {
@@ -128,24 +133,32 @@ fn repro_1_emulator_ids_never_reach_the_checked_in_tree_however_spelled() {
         for tree in [checked_in.clone(), checked_in.join("sub"), root.join("xtask/../ami-list/not/yet")] {
             let clock = Instant::now();
             let mut command = build(&endpoint, &["--region", "us-east-1"]);
-            let output = run_within(command.arg("--ami-list").arg(&tree), HANG);
+            command.arg("--ami-list").arg(&tree);
+            let output = run_within(&mut guarded(command), HANG);
             refused(&output, &["refusing to pair an emulator with the checked-in ami-list"]);
             assert!(clock.elapsed() < Duration::from_secs(10), "{endpoint} {tree:?}: {:?}", clock.elapsed());
         }
     }
     // The sandbox too, with relative spellings from the repository root.
-    for tree in ["ami-list/sub", "./ami-list", "./ami-list/not-yet/deeper", "xtask/../ami-list"] {
-        let mut command = xtask(&["build-amis", "--local", "--no-provision", "--ami-list", tree]);
-        let output = run_within(command.current_dir(&root), HANG);
-        refused(&output, &["refusing to pair an emulator with the checked-in ami-list"]);
+    if namespaces {
+        for tree in ["ami-list/sub", "./ami-list", "./ami-list/not-yet/deeper", "xtask/../ami-list"] {
+            let mut command = xtask(&["build-amis", "--local", "--no-provision", "--ami-list", tree]);
+            command.current_dir(&root);
+            let output = run_within(&mut guarded(command), HANG);
+            refused(&output, &["refusing to pair an emulator with the checked-in ami-list"]);
+        }
     }
     assert_eq!(launches(&emulator), 0, "a refused run launched an instance");
+    assert_eq!(checked_in_bytes(), before, "the checked-in ami-list changed");
+    if !namespaces {
+        return;
+    }
 
     // The reproduction itself, with no --ami-list: the IDs go under target/.
     let target = scratch("fc-repro-1").join("target");
     let mut command = build(&format!("http://0.0.0.0:{port}"), &["--region", "us-east-1"]);
     command.env("CARGO_TARGET_DIR", &target).env("PATH", path_with_venv_aws(&emulator));
-    let output = run_within(&mut command, Duration::from_secs(300));
+    let output = run_within(&mut guarded(command), Duration::from_secs(300));
     assert!(output.status.success(), "{}", text(&output));
     let recorded = fs::read_to_string(target.join("endpoint/ami-list/base/us-east-1/hvm")).unwrap();
     assert!(recorded.starts_with("ami-"), "{recorded:?}");
@@ -163,21 +176,29 @@ fn an_endpoint_without_a_host_is_refused_before_anything_starts() {
     }
 }
 
-/// Runs `command` with `dir` read-only, in a mount namespace of its own that
-/// dies with it; None where namespaces are not allowed.
-fn with_read_only(dir: &Path, command: Command) -> Option<Command> {
-    let allowed = Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success());
-    if !allowed {
-        eprintln!("skipped the read-only directory: `unshare -m` is not allowed here");
+/// Whether this process may make mount namespaces (root, usually).
+fn namespaces_allowed() -> bool {
+    Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success())
+}
+
+/// `command` with `dir` read-only, in a mount namespace of its own that dies
+/// with it; None where namespaces are not allowed.
+fn with_read_only(dir: &Path, command: &Command) -> Option<Command> {
+    if !namespaces_allowed() {
+        eprintln!("cannot make {} read-only here: `unshare -m` is not allowed", dir.display());
         return None;
     }
     let mut wrapped = Command::new("unshare");
     wrapped.args(["-m", "sh", "-c", r#"mount --bind -o ro "$0" "$0" && exec "$@""#]).arg(dir);
     wrapped.arg(command.get_program()).args(command.get_args());
     for (key, value) in command.get_envs() {
-        if let Some(value) = value {
-            wrapped.env(key, value);
-        }
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(cwd) = command.get_current_dir() {
+        wrapped.current_dir(cwd);
     }
     Some(wrapped)
 }
@@ -208,7 +229,7 @@ fn repro_8_a_bad_ami_list_is_refused_before_anything_is_launched() {
     }
     let mut command = build(&endpoint, &[]);
     command.arg("--ami-list").arg(dir.join("read-only/ami-list"));
-    if let Some(mut command) = with_read_only(&dir.join("read-only"), command) {
+    if let Some(mut command) = with_read_only(&dir.join("read-only"), &command) {
         let output = run_within(&mut command, HANG);
         refused(&output, &["cannot be created", "name a writable directory"]);
     }

@@ -153,6 +153,7 @@ mod tests {
         assert_eq!(canonical(&dir.join("missing/../real")).unwrap(), dir.join("real"));
         assert!(is_within(&dir.join("alias/sub"), &dir.join("real")).unwrap());
         assert!(is_within(&dir.join("not-yet"), &dir.join("not-yet")).unwrap(), "a missing root is still itself");
+        assert!(is_within(&dir.join("alias/../not-yet/a/../b"), &dir.join("./not-yet")).unwrap(), "or holds its tail");
         assert!(!is_within(&dir.join("real-but-not"), &dir.join("real")).unwrap(), "a sibling is not inside");
         symlink(dir.join("loop"), dir.join("loop")).unwrap();
         let err = format!("{:#}", canonical(&dir.join("loop/x")).unwrap_err());
