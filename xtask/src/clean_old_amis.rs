@@ -393,37 +393,11 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// Every AMI ID in an ami-list tree (`<image>/<region>/<slot>` files), with
-/// the files that name it, and the regions the tree covers. A file that does
-/// not parse is an error: a cleanup that cannot read the list must not run.
+/// the files that name it, and the regions the tree covers. Any part of the
+/// tree that cannot be read, or a file that does not parse, is an error: a
+/// cleanup that cannot read the whole list must not run.
 pub fn read_ami_list(root: &Path) -> Result<(Needed, BTreeSet<String>)> {
-    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut regions = BTreeSet::new();
-    let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>> {
-        let mut entries = Vec::new();
-        for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Dotfiles are ami_list::write's temporary files, or editors'.
-            if !name.starts_with('.') {
-                entries.push((name, entry.path()));
-            }
-        }
-        entries.sort();
-        Ok(entries)
-    };
-    for (image, image_dir) in list(root)?.into_iter().filter(|(_, p)| p.is_dir()) {
-        for (region, region_dir) in list(&image_dir)?.into_iter().filter(|(_, p)| p.is_dir()) {
-            regions.insert(region.clone());
-            for (slot, file) in list(&region_dir)? {
-                let content = fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-                let id = ami_list::parse_id(&content).with_context(|| {
-                    format!("{}: fix or remove it; the cleanup will not guess what it protects", file.display())
-                })?;
-                ids.entry(id).or_default().push(format!("{image}/{region}/{slot}"));
-            }
-        }
-    }
-    Ok((ids, regions))
+    ami_list::read_ids(root)
 }
 
 /// What happened in one region.

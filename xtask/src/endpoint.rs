@@ -3,16 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
-use crate::{aws::Aws, local, project};
+use crate::{ami_list, aws::Aws, local, project};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EndpointArgs {
     /// Send every EC2 call (Packer and the aws CLI) to this URL, e.g. an
     /// emulator you run yourself: http://127.0.0.1:5000
-    #[arg(long, value_name = "URL", conflicts_with = "local")]
+    #[arg(long, value_name = "URL", conflicts_with = "local", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,
 
     /// Use the local sandbox: start an EC2 emulator (moto) on a free loopback
@@ -25,7 +25,7 @@ pub struct EndpointArgs {
 pub struct Connection {
     pub endpoint: Option<String>,
     pub aws: Aws,
-    /// True for the sandbox or a loopback endpoint: never a real account.
+    /// True for the sandbox or any endpoint outside AWS's own domains.
     pub is_emulator: bool,
     emulator: Option<local::Emulator>,
 }
@@ -37,30 +37,59 @@ impl Connection {
     }
 }
 
-/// Loopback endpoints are emulators; their IDs must never reach the
-/// checked-in ami-list.
-pub fn is_loopback(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or(url);
-    let host = host.split(['/', '?']).next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
+/// AWS's own domains: regional, FIPS, dual-stack and VPC endpoints, China.
+const AWS_DOMAINS: [&str; 3] = [".amazonaws.com", ".amazonaws.com.cn", ".api.aws"];
+
+/// The host of an `http(s)://` URL, as written: no user, port or path.
+fn host(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        None => host_port.split(':').next().unwrap_or(""),
     };
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+    Some(host)
+}
+
+/// Whether EC2 calls to `url` reach AWS itself: a host under AWS's own
+/// domains (any case, a trailing dot allowed), written plainly. Anything
+/// else, however spelled (`0.0.0.0`, `LOCALHOST`, `2130706433`,
+/// `[::ffff:127.0.0.1]`, a user part, any other host), is an emulator, whose
+/// IDs must never reach the checked-in ami-list.
+pub fn is_aws(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // A plain `host[:port]`: no user part, no brackets, no escapes.
+    let plain = authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let Some(host) = host(url).filter(|_| plain) else { return false };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    AWS_DOMAINS.iter().any(|domain| host.len() > domain.len() && host.ends_with(domain))
+}
+
+/// `--endpoint`'s parser: an `http(s)://` URL with a host, refused at once
+/// otherwise, before anything starts.
+pub fn parse_endpoint(url: &str) -> Result<String, String> {
+    match host(url) {
+        None => Err(format!("{url:?} is not a URL: write it as http://127.0.0.1:5000")),
+        Some("") => Err(format!("{url:?} names no host: write it as http://127.0.0.1:5000, with the emulator's host")),
+        Some(_) => Ok(url.to_string()),
+    }
 }
 
 impl EndpointArgs {
     /// Whether any emulator is meant, before starting one.
     pub fn is_emulator(&self) -> bool {
-        self.local || self.endpoint.as_deref().is_some_and(is_loopback)
+        self.local || self.endpoint.as_deref().is_some_and(|url| !is_aws(url))
     }
 
     /// Starts the sandbox if asked; sets dummy credentials for it on `sh`.
     pub fn connect(&self, sh: &Shell) -> Result<Connection> {
         if let Some(url) = &self.endpoint {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                bail!("--endpoint {url:?} is not a URL: write it as http://127.0.0.1:5000");
-            }
+            parse_endpoint(url).map_err(|e| anyhow::anyhow!("--endpoint {e}"))?;
         }
         if self.local {
             for (key, value) in local::DUMMY_CREDENTIALS {
@@ -84,7 +113,8 @@ impl EndpointArgs {
 
     /// The ami-list tree a command works on: `--ami-list` if given; else the
     /// checked-in one for real AWS and `target/<mode>/ami-list` for emulators.
-    /// Emulator IDs never go into the checked-in tree.
+    /// Emulator IDs never go into the checked-in tree, nor anywhere under it,
+    /// compared by canonical path whether or not the path exists yet.
     pub fn ami_list(&self, explicit: Option<&Path>) -> Result<PathBuf> {
         let default = if self.local {
             local::sandbox_dir().join("ami-list")
@@ -94,21 +124,19 @@ impl EndpointArgs {
             project::checked_in_ami_list()
         };
         let chosen = explicit.map(Path::to_path_buf).unwrap_or(default);
-        if self.is_emulator() && same_dir(&chosen, &project::checked_in_ami_list()) {
-            bail!(
-                "refusing to pair an emulator with the checked-in {}: it holds real AWS IDs, and emulator \
-                 IDs must never reach it; drop --ami-list to use the default under target/, or name another directory",
-                chosen.display()
-            );
+        if self.is_emulator() {
+            let shown = ami_list::printable_path(&chosen);
+            let checked_in = project::checked_in_ami_list();
+            if ami_list::is_within(&chosen, &checked_in).with_context(|| format!("resolve --ami-list {shown}"))? {
+                bail!(
+                    "refusing to pair an emulator with the checked-in ami-list {} ({shown} is it or inside it): \
+                     it holds real AWS IDs, and emulator IDs must never reach it; drop --ami-list to use the \
+                     default under target/, or name a directory outside it",
+                    checked_in.display()
+                );
+            }
         }
         Ok(chosen)
-    }
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
     }
 }
 
@@ -117,12 +145,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_endpoints() {
-        assert!(is_loopback("http://127.0.0.1:5000"));
-        assert!(is_loopback("http://localhost:5000/"));
-        assert!(is_loopback("http://[::1]:5000"));
-        assert!(!is_loopback("https://ec2.us-east-1.amazonaws.com"));
-        assert!(!is_loopback("https://vpce-1.ec2.us-east-1.vpce.amazonaws.com"));
+    fn only_aws_own_domains_are_real_aws() {
+        for url in [
+            "https://ec2.us-east-1.amazonaws.com",
+            "https://EC2.US-EAST-1.AMAZONAWS.COM.:443/",
+            "https://ec2-fips.us-east-1.amazonaws.com",
+            "https://vpce-1.ec2.us-east-1.vpce.amazonaws.com",
+            "https://ec2.cn-north-1.amazonaws.com.cn",
+            "https://ec2.us-east-1.api.aws",
+        ] {
+            assert!(is_aws(url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:5000",
+            "http://0.0.0.0:5055",
+            "http://LOCALHOST:5000",
+            "http://localhost.:5000",
+            "http://[::1]:5000",
+            "http://[::ffff:127.0.0.1]:5000",
+            "http://2130706433:5000",
+            "http://0x7f000001:5000",
+            "http://ip6-localhost:5000",
+            "http://moto.internal:5000",
+            "http://amazonaws.com",
+            "http://.amazonaws.com",
+            "http://ec2.amazonaws.com.evil.example",
+            "http://ec2.amazonaws.com@127.0.0.1:5000",
+            "http://127.0.0.1\\@ec2.us-east-1.amazonaws.com",
+            "http://ec2.us-east-1.amazonaws.com%2e127.0.0.1",
+            "ec2.us-east-1.amazonaws.com",
+        ] {
+            assert!(!is_aws(url), "{url}");
+            let args = EndpointArgs { endpoint: Some(url.into()), local: false };
+            assert!(args.is_emulator(), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_without_a_host_is_refused_when_parsed() {
+        for url in ["http://", "https://", "http://:5000", "http:///path", "http://user@"] {
+            let err = parse_endpoint(url).unwrap_err();
+            assert!(err.contains("names no host") && err.contains("http://127.0.0.1:5000"), "{url}: {err}");
+        }
+        assert!(parse_endpoint("127.0.0.1:5000").unwrap_err().contains("is not a URL"));
+        assert!(parse_endpoint("ftp://x").unwrap_err().contains("is not a URL"));
+        assert_eq!(parse_endpoint("http://127.0.0.1:5000").unwrap(), "http://127.0.0.1:5000");
     }
 
     #[test]
@@ -135,5 +202,20 @@ mod tests {
         assert!(emulator.ami_list(None).unwrap().starts_with(project::target_dir()));
         let aws = EndpointArgs { endpoint: None, local: false };
         assert_eq!(aws.ami_list(None).unwrap(), project::checked_in_ami_list());
+        let spelled = EndpointArgs { endpoint: Some("http://0.0.0.0:5055".into()), local: false };
+        assert!(spelled.ami_list(None).unwrap().starts_with(project::target_dir()));
+        let root = project::root();
+        for inside in [
+            root.join("ami-list/sub"),
+            root.join("ami-list/./not/yet/../made"),
+            root.join("xtask/../ami-list"),
+            root.join("ami-list/"),
+        ] {
+            for args in [&local, &spelled] {
+                let err = args.ami_list(Some(&inside)).unwrap_err().to_string();
+                assert!(err.contains("refusing to pair an emulator"), "{}: {err}", inside.display());
+            }
+        }
+        assert!(local.ami_list(Some(&root.join("ami-list-elsewhere"))).is_ok(), "a sibling is not inside");
     }
 }

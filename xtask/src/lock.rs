@@ -1,5 +1,9 @@
 //! One writer per ami-list tree: `build-amis` and `clean-old-amis` take an
-//! exclusive lock beside the tree, so two runs never race on its files.
+//! exclusive lock on the tree, so two runs never race on its files.
+//!
+//! The lock is keyed by the tree's canonical path, so every spelling of one
+//! tree (a symlink to it, `./x/../x`) takes the same lock, and it lives under
+//! `target/locks/`, never beside a path the user named (no `/.proc.lock`).
 //!
 //! The lock is an OS file lock (flock), released by the kernel when its
 //! holder exits, however it exits; the holder's pid, command and start time
@@ -14,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::project;
+use crate::{ami_list, project};
 
 /// Holds the lock until dropped.
 #[derive(Debug)]
@@ -25,16 +29,37 @@ pub struct AmiListLock {
     pub stale: Option<String>,
 }
 
-/// `<parent>/.<tree name>.lock`: beside the tree, not in it, so it is never
-/// mistaken for a cell.
+/// `target/locks/<tree name>-<hash of its canonical path>.lock`. A path that
+/// cannot be resolved (a symlink loop) is keyed as spelled; [`acquire`]
+/// refuses it anyway.
 pub fn lock_path(ami_list: &Path) -> PathBuf {
-    let name = ami_list.file_name().map_or_else(|| "ami-list".into(), |n| n.to_string_lossy().into_owned());
-    ami_list.parent().unwrap_or(Path::new(".")).join(format!(".{name}.lock"))
+    let key = ami_list::canonical(ami_list).unwrap_or_else(|_| ami_list.to_path_buf());
+    lock_path_of(&key)
+}
+
+fn lock_path_of(canonical: &Path) -> PathBuf {
+    let name: String = canonical
+        .file_name()
+        .map_or_else(|| "root".into(), |n| n.to_string_lossy().into_owned())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
+    project::target_dir()
+        .join("locks")
+        .join(format!("{name}-{:016x}.lock", fnv1a(canonical.as_os_str().as_encoded_bytes())))
+}
+
+/// FNV-1a, 64 bits: stable across builds and Rust versions, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Takes the lock for `command`, or says who holds it.
 pub fn acquire(ami_list: &Path, command: &str) -> Result<AmiListLock> {
-    let path = lock_path(ami_list);
+    let canonical = ami_list::canonical(ami_list)
+        .with_context(|| format!("lock ami-list {}", ami_list::printable_path(ami_list)))?;
+    let path = lock_path_of(&canonical);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
@@ -51,7 +76,7 @@ pub fn acquire(ami_list: &Path, command: &str) -> Result<AmiListLock> {
         Err(TryLockError::WouldBlock) => bail!(
             "{} is in use by {}: wait for that run to finish, or stop it; \
              the lock goes away by itself when its holder exits",
-            ami_list.display(),
+            ami_list::printable_path(&canonical),
             describe_holder(&previous)
         ),
         Err(TryLockError::Error(e)) => {
@@ -64,6 +89,7 @@ pub fn acquire(ami_list: &Path, command: &str) -> Result<AmiListLock> {
         "pid": std::process::id(),
         "command": command,
         "started_at": project::rfc3339(project::now_secs()),
+        "ami_list": canonical.to_string_lossy(),
     });
     writeln!(file, "{holder}").with_context(|| format!("write {}", path.display()))?;
     Ok(AmiListLock { file, path, stale })
@@ -105,7 +131,8 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_named() {
         let tree = scratch("second");
         let first = acquire(&tree, "build-amis").unwrap();
-        assert_eq!(first.path, tree.parent().unwrap().join(".ami-list.lock"));
+        assert!(first.path.starts_with(project::target_dir().join("locks")), "{}", first.path.display());
+        assert!(first.path.file_name().unwrap().to_string_lossy().starts_with("ami-list-"));
         let err = acquire(&tree, "clean-old-amis").unwrap_err().to_string();
         assert!(err.contains(&format!("`build-amis` (pid {}", std::process::id())), "{err}");
         assert!(err.contains("wait for that run to finish"), "{err}");
@@ -118,9 +145,28 @@ mod tests {
     fn a_dead_holders_file_is_taken_over_as_stale() {
         let tree = scratch("stale");
         // What a killed holder leaves: its record, and no flock (the kernel dropped it).
+        fs::create_dir_all(lock_path(&tree).parent().unwrap()).unwrap();
         fs::write(lock_path(&tree), r#"{"pid": 999999, "command": "build-amis", "started_at": "x"}"#).unwrap();
         let lock = acquire(&tree, "build-amis").unwrap();
         assert_eq!(lock.stale.as_deref(), Some("`build-amis` (pid 999999, started x)"));
+    }
+
+    #[test]
+    fn every_spelling_of_a_tree_takes_one_lock_and_none_lands_beside_it() {
+        let tree = scratch("alias");
+        fs::create_dir_all(&tree).unwrap();
+        let alias = tree.with_file_name("alias");
+        std::os::unix::fs::symlink(&tree, &alias).unwrap();
+        let first = acquire(&tree, "build-amis").unwrap();
+        for spelling in [alias.clone(), alias.join("../ami-list"), tree.join(".")] {
+            assert_eq!(lock_path(&spelling), first.path, "{}", spelling.display());
+            let err = acquire(&spelling, "build-amis").unwrap_err().to_string();
+            assert!(err.contains("is in use by"), "{err}");
+        }
+        assert_ne!(lock_path(&tree.with_file_name("other")), first.path);
+        assert!(lock_path(Path::new("/proc")).starts_with(project::target_dir()));
+        let beside: Vec<_> = fs::read_dir(tree.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(beside.len(), 2, "only the tree and its alias: {beside:?}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use crate::{
+    ami_list::{self, Found},
     aws::{Aws, Image},
     checks::{self, Entry, Known, Problem, Recorded},
     endpoint::EndpointArgs,
@@ -120,9 +121,11 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     let recorded = match &matrix {
         Some(matrix) => {
-            let entries = scan_tree(&ami_list_root)?;
-            let (problems, recorded) =
-                checks::check_tree(&display(&ami_list_root), &entries, &Known::from_matrix(matrix));
+            let may_be_missing = args.ami_list.is_none() && args.endpoint.is_emulator();
+            let known = Known::from_matrix(matrix);
+            let (entries, refused) = scan_tree(&ami_list_root, may_be_missing, &known)?;
+            report.problems.extend(refused);
+            let (problems, recorded) = checks::check_tree(&display(&ami_list_root), &entries, &known);
             report.problems.extend(problems);
             report.not_built = checks::missing_cells(&builds, &recorded);
             if args.complete {
@@ -146,6 +149,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     }
 
     report.problems.sort();
+    for problem in &mut report.problems {
+        (problem.path, problem.message) = (ami_list::printable(&problem.path), ami_list::printable(&problem.message));
+    }
     report.seconds = clock.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -341,40 +347,27 @@ pub fn parse_shellcheck(output: &str) -> Vec<Problem> {
         .collect()
 }
 
-/// Every entry under `root`, relative to it, sorted. A missing tree is empty.
-fn scan_tree(root: &Path) -> Result<Vec<Entry>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
-        for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-            let entry = entry?;
-            let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                out.push(Entry::Dir(rel));
-                walk(root, &path, out)?;
-            } else if kind.is_file() {
-                match fs::read(&path) {
-                    Ok(bytes) => out.push(Entry::File(rel, String::from_utf8_lossy(&bytes).into_owned())),
-                    Err(_) => out.push(Entry::Other(rel)),
-                }
-            } else {
-                out.push(Entry::Other(rel));
-            }
+/// The entries under `root` for the checks, sorted, and a problem for each
+/// one the walker would not read (a symlink, FIFO, a file over 4 KiB, ...).
+/// A missing or unreadable tree is an error, except an emulator's default
+/// tree before anything was built there. Under an unknown image, the one
+/// "unknown image" problem stands for everything in it.
+fn scan_tree(root: &Path, may_be_missing: bool, known: &Known) -> Result<(Vec<Entry>, Vec<Problem>)> {
+    let (mut entries, mut problems) = (Vec::new(), Vec::new());
+    if may_be_missing && fs::symlink_metadata(root).is_err() {
+        return Ok((entries, problems));
+    }
+    for found in ami_list::walk(root)? {
+        match found {
+            Found::Dir(rel) => entries.push(Entry::Dir(rel)),
+            Found::File(rel, content) => entries.push(Entry::File(rel, content.unwrap_or_default())),
+            Found::Refused(rel, message) => match rel.split_once('/') {
+                Some((image, _)) if !known.images.contains(image) => {}
+                _ => problems.push(Problem { path: format!("{}/{rel}", display(root)), line: 1, message }),
+            },
         }
-        Ok(())
     }
-    let mut entries = Vec::new();
-    if root.exists() {
-        walk(root, root, &mut entries)?;
-    }
-    entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
-    Ok(entries)
-}
-
-fn entry_path(entry: &Entry) -> &str {
-    match entry {
-        Entry::Dir(p) | Entry::File(p, _) | Entry::Other(p) => p,
-    }
+    Ok((entries, problems))
 }
 
 /// Asks each region once for the account's images, in parallel, and checks

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use xshell::Shell;
 
 use crate::{
-    checks,
+    ami_list, checks,
     endpoint::EndpointArgs,
     lock,
     matrix::Strategy,
@@ -134,6 +134,7 @@ pub struct Args {
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix = checks::load_matrix(&args.matrix.clone().unwrap_or_else(project::matrix_file))?;
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
     if args.dry_run {
         return plan::print(&builds, &ami_list_root, args.spark_on_base, args.json);

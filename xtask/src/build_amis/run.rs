@@ -325,15 +325,11 @@ pub(super) fn provisioner_says(output: &str, level: &str) -> Vec<String> {
         .collect()
 }
 
-/// Writes one ami-list file per region of a successful build.
+/// Writes one ami-list file per region of a successful build, all or none.
 fn record(root: &Path, build: &Build, amis: &BTreeMap<String, String>) -> Result<Vec<String>> {
-    let mut written = Vec::new();
-    for region in build.regions() {
-        let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
-        ami_list::write(root, &cell, &amis[region])?;
-        written.push(cell.relative_path().display().to_string());
-    }
-    Ok(written)
+    let cell = |region: &str| Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+    let cells: Vec<(Cell, String)> = build.regions().map(|region| (cell(region), amis[region].clone())).collect();
+    ami_list::write_all(root, &cells)
 }
 
 #[cfg(test)]
