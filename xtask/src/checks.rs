@@ -34,15 +34,15 @@ pub enum Entry {
 
 /// What the tree may hold: from the matrix.
 #[derive(Debug, Clone)]
-pub struct Known {
+pub struct ExpectedCells {
     pub images: BTreeSet<String>,
     /// File names: `hvm`, `pv`, `hvm-arm64`.
     pub slots: BTreeSet<String>,
 }
 
-impl Known {
-    pub fn from_matrix(matrix: &Matrix) -> Known {
-        Known {
+impl ExpectedCells {
+    pub fn from_matrix(matrix: &Matrix) -> ExpectedCells {
+        ExpectedCells {
             images: matrix.images.iter().map(|i| i.name.clone()).collect(),
             slots: matrix
                 .virtualization
@@ -64,7 +64,7 @@ pub struct Recorded {
 }
 
 /// The rules for an ami-list tree. `root` names the tree in messages.
-pub fn check_tree(root: &str, entries: &[Entry], known: &Known) -> (Vec<Problem>, Vec<Recorded>) {
+pub fn check_tree(root: &str, entries: &[Entry], known: &ExpectedCells) -> (Vec<Problem>, Vec<Recorded>) {
     let at = |rel: &str, line: usize, message: String| Problem { path: format!("{root}/{rel}"), line, message };
     let mut problems = Vec::new();
     let mut recorded: Vec<Recorded> = Vec::new();
@@ -89,29 +89,9 @@ pub fn check_tree(root: &str, entries: &[Entry], known: &Known) -> (Vec<Problem>
             continue;
         }
         // Directories: <image>/ and <image>/<region>/ only; files only at depth 3.
-        if let Some(image) = parts.first() {
-            if !known.images.contains(*image) {
-                if parts.len() == 1 {
-                    let names: Vec<&str> = known.images.iter().map(String::as_str).collect();
-                    problems.push(at(
-                        rel,
-                        1,
-                        format!(
-                            "unknown image `{image}`: the matrix defines {}; remove or rename it",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-                continue;
-            }
-        }
-        if let Some(region) = parts.get(1) {
-            if !regions.contains(*region) {
-                if parts.len() == 2 {
-                    problems.push(at(rel, 1, unknown_region(region)));
-                }
-                continue;
-            }
+        if let Some(problem) = unknown_place(&parts, known, &regions) {
+            problems.extend(problem.map(|message| at(rel, 1, message)));
+            continue;
         }
         match (parts.len(), content) {
             (1 | 2, None) => {}
@@ -123,38 +103,19 @@ pub fn check_tree(root: &str, entries: &[Entry], known: &Known) -> (Vec<Problem>
             (3, None) => {
                 problems.push(at(rel, 1, format!("`{name}` is a directory; it should be a file holding one AMI ID")))
             }
-            (3, Some(content)) => {
-                if !known.slots.contains(name) {
-                    let names: Vec<&str> = known.slots.iter().map(String::as_str).collect();
-                    problems.push(at(
-                        rel,
-                        1,
-                        format!("unknown virtualization `{name}`: expected one of {}", names.join(", ")),
-                    ));
-                    continue;
-                }
-                match file_id(content) {
-                    Err((line, message)) => problems.push(at(rel, line, message)),
-                    Ok(id) => {
-                        if let Some(first) = first_place.get(&id) {
-                            problems.push(at(
-                                rel,
-                                1,
-                                format!("{id} is also recorded in {root}/{first}; one AMI has one place"),
-                            ));
-                        } else {
-                            first_place.insert(id.clone(), rel.to_string());
-                        }
-                        recorded.push(Recorded {
-                            path: format!("{root}/{rel}"),
-                            image: parts[0].to_string(),
-                            region: parts[1].to_string(),
-                            slot: name.to_string(),
-                            id,
-                        });
+            (3, Some(content)) => match cell_problem(known, name, content) {
+                Err((line, message)) => problems.push(at(rel, line, message)),
+                Ok(id) => {
+                    if let Some(first) = first_place.get(&id) {
+                        let message = format!("{id} is also recorded in {root}/{first}; one AMI has one place");
+                        problems.push(at(rel, 1, message));
+                    } else {
+                        first_place.insert(id.clone(), rel.to_string());
                     }
+                    let (image, region, slot) = (parts[0].to_string(), parts[1].to_string(), name.to_string());
+                    recorded.push(Recorded { path: format!("{root}/{rel}"), image, region, slot, id });
                 }
-            }
+            },
             (_, _) => problems.push(at(
                 rel,
                 1,
@@ -163,6 +124,32 @@ pub fn check_tree(root: &str, entries: &[Entry], known: &Known) -> (Vec<Problem>
         }
     }
     (problems, recorded)
+}
+
+/// An entry under an image or region the matrix does not know: its problem,
+/// said once at the unknown directory itself (`Some(None)` below it).
+fn unknown_place(parts: &[&str], known: &ExpectedCells, regions: &BTreeSet<&str>) -> Option<Option<String>> {
+    let image = parts.first()?;
+    if !known.images.contains(*image) {
+        let names: Vec<&str> = known.images.iter().map(String::as_str).collect();
+        let message = format!("unknown image `{image}`: the matrix defines {}; remove or rename it", names.join(", "));
+        return Some((parts.len() == 1).then_some(message));
+    }
+    let region = parts.get(1)?;
+    if !regions.contains(*region) {
+        return Some((parts.len() == 2).then(|| unknown_region(region)));
+    }
+    None
+}
+
+/// A cell file's ID, or the line and message of what is wrong with its
+/// name or its content.
+fn cell_problem(known: &ExpectedCells, name: &str, content: &str) -> Result<String, (usize, String)> {
+    if !known.slots.contains(name) {
+        let names: Vec<&str> = known.slots.iter().map(String::as_str).collect();
+        return Err((1, format!("unknown virtualization `{name}`: expected one of {}", names.join(", "))));
+    }
+    file_id(content)
 }
 
 /// The ID in a file, or the line and message of what is wrong with it.
@@ -242,7 +229,7 @@ mod tests {
             assert!(matrix.is_none() && problems.len() == 1, "{text:?}: {problems:?}");
         }
         let entries = [Entry::Dir(String::new()), file("", ""), file("/", "\n"), file("a/b/c/d/e", "\u{0}")];
-        let _ = check_tree("", &entries, &known());
+        let _ = check_tree("", &entries, &expected());
         let _ = json_lines("{\"a\": [1, {\"b\": \"\\\"\"}], \"c\"");
     }
 
@@ -385,8 +372,8 @@ mod tests {
         assert!(kinds.len() >= 20);
     }
 
-    fn known() -> Known {
-        Known::from_matrix(&Matrix::parse(MATRIX).unwrap())
+    fn expected() -> ExpectedCells {
+        ExpectedCells::from_matrix(&Matrix::parse(MATRIX).unwrap())
     }
 
     fn file(path: &str, content: &str) -> Entry {
@@ -399,7 +386,7 @@ mod tests {
     }
 
     fn tree_problems(entries: &[Entry]) -> Vec<String> {
-        check_tree("ami-list", entries, &known()).0.iter().map(ToString::to_string).collect()
+        check_tree("ami-list", entries, &expected()).0.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -408,7 +395,7 @@ mod tests {
         entries.push(file("README.md", "# ami-list\n"));
         entries.push(file("base/us-east-1/hvm", "ami-0123456789abcdef0\n"));
         entries.push(file("base/us-east-1/hvm-arm64", "ami-1234abcd\n"));
-        let (problems, recorded) = check_tree("ami-list", &entries, &known());
+        let (problems, recorded) = check_tree("ami-list", &entries, &expected());
         assert_eq!(problems, vec![]);
         assert_eq!(recorded.len(), 2);
         assert_eq!(recorded[1].slot, "hvm-arm64");

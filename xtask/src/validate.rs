@@ -17,7 +17,7 @@ use xshell::{cmd, Shell};
 use crate::{
     ami_list::{self, Found},
     aws::{Aws, Image},
-    checks::{self, Entry, Known, Problem, Recorded},
+    checks::{self, Entry, ExpectedCells, Problem, Recorded},
     endpoint::EndpointArgs,
     matrix::{Filters, Strategy},
     packer,
@@ -122,7 +122,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let recorded = match &matrix {
         Some(matrix) => {
             let may_be_missing = args.ami_list.is_none() && args.endpoint.is_emulator();
-            let known = Known::from_matrix(matrix);
+            let known = ExpectedCells::from_matrix(matrix);
             let (entries, refused) = scan_tree(&ami_list_root, may_be_missing, &known)?;
             report.problems.extend(refused);
             let (problems, recorded) = checks::check_tree(&display(&ami_list_root), &entries, &known);
@@ -352,7 +352,7 @@ pub fn parse_shellcheck(output: &str) -> Vec<Problem> {
 /// A missing or unreadable tree is an error, except an emulator's default
 /// tree before anything was built there. Under an unknown image, the one
 /// "unknown image" problem stands for everything in it.
-fn scan_tree(root: &Path, may_be_missing: bool, known: &Known) -> Result<(Vec<Entry>, Vec<Problem>)> {
+fn scan_tree(root: &Path, may_be_missing: bool, known: &ExpectedCells) -> Result<(Vec<Entry>, Vec<Problem>)> {
     let (mut entries, mut problems) = (Vec::new(), Vec::new());
     if may_be_missing && fs::symlink_metadata(root).is_err() {
         return Ok((entries, problems));
