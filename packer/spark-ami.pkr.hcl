@@ -56,6 +56,16 @@ variable "base_ami" {
   default     = ""
   description = "Spark on base: the ID of this factory's base AMI, which source_ami_name names. base.sh already ran there, so it is skipped. Empty: start from the stock image."
 }
+variable "input_hash" {
+  type        = string
+  default     = "none"
+  description = "Hash of everything that determines the image (template, scripts, matrix cell, source AMI, base AMI); a later run skips the build while it is unchanged."
+}
+variable "input_digests" {
+  type        = string
+  default     = ""
+  description = "name=digest of each input, so a later run can say which one changed."
+}
 variable "ami_groups" {
   type        = list(string)
   default     = []
@@ -177,6 +187,8 @@ locals {
     "spark-packer:git-commit"     = var.git_commit
     "spark-packer:created-at"     = var.created_at
     "spark-packer:base-ami"       = var.base_ami == "" ? "none" : var.base_ami
+    "spark-packer:inputs"         = var.input_hash
+    "spark-packer:input-digests"  = var.input_digests
     # The AMI exists only if every provisioner, the smoke test last, passed.
     "spark-packer:smoke-test" = var.communicator == "none" ? "not-provisioned" : (! local.has_spark ? "no-spark" : (var.smoke_test ? "passed" : "SKIPPED"))
   }

@@ -100,10 +100,54 @@ impl Aws {
         parse_describe_images(&self.ec2(sh, region, &args)?)
     }
 
+    /// The newest image Packer's `source_ami_filter` would pick: `name`
+    /// pattern, `owners`, `arch`, EBS root, most recent. None if none matches.
+    pub fn newest_image(
+        &self,
+        sh: &Shell,
+        region: &str,
+        name: &str,
+        owners: &[String],
+        arch: &str,
+    ) -> Result<Option<Image>> {
+        let mut args = vec!["describe-images".to_string(), "--owners".to_string()];
+        args.extend(owners.iter().cloned());
+        args.push("--filters".to_string());
+        args.push(format!("Name=name,Values={name}"));
+        args.push(format!("Name=architecture,Values={arch}"));
+        args.push("Name=root-device-type,Values=ebs".to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let images = parse_describe_images(&self.ec2(sh, region, &args)?)?;
+        Ok(images.into_iter().max_by(|a, b| a.creation_date.cmp(&b.creation_date)))
+    }
+
     /// One image by ID, whoever owns it; an error if `region` has none by that ID.
     pub fn image(&self, sh: &Shell, region: &str, image_id: &str) -> Result<Image> {
         let images = parse_describe_images(&self.ec2(sh, region, &["describe-images", "--image-ids", image_id])?)?;
         images.into_iter().next().with_context(|| format!("no image {image_id} in {region}"))
+    }
+
+    /// Copies `source_id` from `source_region` into `region` under `name`,
+    /// waits until it is available, and gives it `tags`. Returns its ID.
+    pub fn copy_image(
+        &self,
+        sh: &Shell,
+        (region, source_region): (&str, &str),
+        source_id: &str,
+        name: &str,
+        tags: &BTreeMap<&str, &str>,
+    ) -> Result<String> {
+        let args = ["copy-image", "--source-region", source_region, "--source-image-id", source_id, "--name", name];
+        let json: serde_json::Value =
+            serde_json::from_str(&self.ec2(sh, region, &args)?).context("parse copy-image output")?;
+        let id = json["ImageId"].as_str().context("copy-image returned no ImageId")?.to_string();
+        self.ec2(sh, region, &["wait", "image-available", "--image-ids", &id])
+            .with_context(|| format!("wait for the copy {id} in {region}"))?;
+        let mut args = vec!["create-tags".to_string(), "--resources".to_string(), id.clone(), "--tags".to_string()];
+        args.extend(tags.iter().map(|(k, v)| format!("Key={k},Value={v}")));
+        self.ec2(sh, region, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            .with_context(|| format!("tag the copy {id} in {region}"))?;
+        Ok(id)
     }
 
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.

@@ -39,6 +39,12 @@ pub struct BuildResult {
     /// Packer runs: 1, or more when transient failures were retried.
     #[serde(default)]
     pub attempts: u32,
+    /// The input hash this build's AMIs carry (see build_amis/inputs.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
+    /// Why it was built rather than skipped as current.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub why_built: Vec<String>,
     /// --spark-on-base: the base AMI this build launched from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ami: Option<String>,
@@ -56,6 +62,8 @@ pub struct BuildResult {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
+    /// Skipped: every AMI recorded for it exists with the same input hash.
+    Current,
     Failed,
     /// Not run, or stopped, because of Ctrl-C or SIGTERM.
     Interrupted,
@@ -95,7 +103,8 @@ impl Report {
 
     /// The names of the builds that failed or were interrupted.
     pub fn unfinished(&self) -> Vec<&str> {
-        self.builds.iter().filter(|b| b.status != Status::Ok).map(|b| b.name.as_str()).collect()
+        let done = |s: Status| matches!(s, Status::Ok | Status::Current);
+        self.builds.iter().filter(|b| !done(b.status)).map(|b| b.name.as_str()).collect()
     }
 }
 
@@ -151,6 +160,8 @@ pub(crate) mod tests {
             recorded: Vec::new(),
             seconds: 1.0,
             attempts: 1,
+            inputs: None,
+            why_built: Vec::new(),
             base_ami: None,
             log: format!("{}.log", build.name),
             error: None,

@@ -31,6 +31,9 @@ pub(crate) struct TemplateVars {
     pub source_ami_owners: Vec<String>,
     /// Spark on base: the base AMI's ID; empty when starting from the stock image.
     pub base_ami: String,
+    /// The build's input hash and per-input digests, tagged on the AMI.
+    pub input_hash: String,
+    pub input_digests: String,
     pub ami_groups: Vec<String>,
     pub run_id: String,
     pub git_commit: String,
@@ -81,6 +84,8 @@ impl TemplateVars {
             source_ami_name: build.source_ami.name.clone(),
             source_ami_owners: build.source_ami.owners.clone(),
             base_ami: String::new(),
+            input_hash: "none".to_string(),
+            input_digests: String::new(),
             ami_groups: if build.public { vec!["all".to_string()] } else { Vec::new() },
             run_id: stamp.run_id.clone(),
             git_commit: stamp.git_commit.clone(),

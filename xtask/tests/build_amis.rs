@@ -11,7 +11,7 @@ use std::{
 };
 
 use xshell::Shell;
-use xtask::{aws::Image, local};
+use xtask::{aws::Image, local, project};
 
 mod common;
 use common::{emulator_shell, matrix_with_unmatched_pv_source, scratch, SEED_REGIONS};
@@ -120,7 +120,7 @@ fn launches(emulator: &local::Emulator) -> BTreeMap<String, usize> {
 }
 
 #[test]
-fn copy_mode_records_32_amis_and_a_second_run_replaces_them() {
+fn copy_mode_records_32_amis_a_second_run_skips_them_and_force_replaces_them() {
     let sh = Shell::new().unwrap();
     let emulator = local::Emulator::start(&sh).unwrap();
     let ami_list = scratch("copy").join("ami-list");
@@ -135,16 +135,31 @@ fn copy_mode_records_32_amis_and_a_second_run_replaces_them() {
     // The copy strategy launches each of the 4 builds once, in the build region.
     assert_eq!(launches(&emulator), BTreeMap::from([("us-east-1".to_string(), 4)]));
 
+    // Nothing changed: every build is current, nothing launches, no Packer runs.
     let second = build_amis(&emulator, &ami_list, &["--strategy", "copy"]);
     assert_succeeded(&second);
     let second_report = report(&second);
-    assert_ne!(first_report["run_id"], second_report["run_id"]);
-    let second_tree = read_tree(&ami_list);
-    assert_eq!(second_tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
-    for (cell, id) in &second_tree {
-        assert_ne!(&first_tree[cell], id, "{cell}: the second run did not replace the ID");
+    let statuses: Vec<&str> =
+        second_report["builds"].as_array().unwrap().iter().map(|b| b["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["current"; 4], "{second_report:#}");
+    assert_eq!(launches(&emulator), BTreeMap::from([("us-east-1".to_string(), 4)]), "a current build launched");
+    assert_eq!(read_tree(&ami_list), first_tree, "a current build changed the tree");
+    let logs = project::target_dir().join("packer-logs").join(second_report["run_id"].as_str().unwrap());
+    let packer_logs = fs::read_dir(&logs)
+        .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")).count())
+        .unwrap_or(0);
+    assert_eq!(packer_logs, 0, "Packer ran in a run with nothing to build");
+
+    let third = build_amis(&emulator, &ami_list, &["--strategy", "copy", "--force"]);
+    assert_succeeded(&third);
+    let third_report = report(&third);
+    assert_ne!(first_report["run_id"], third_report["run_id"]);
+    let third_tree = read_tree(&ami_list);
+    assert_eq!(third_tree.keys().cloned().collect::<Vec<_>>(), seed_cells());
+    for (cell, id) in &third_tree {
+        assert_ne!(&first_tree[cell], id, "{cell}: --force did not replace the ID");
     }
-    assert_recorded_amis_exist(&emulator, &second_tree, second_report["run_id"].as_str().unwrap());
+    assert_recorded_amis_exist(&emulator, &third_tree, third_report["run_id"].as_str().unwrap());
 }
 
 #[test]

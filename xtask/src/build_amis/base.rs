@@ -65,7 +65,7 @@ pub(super) fn resolve(
     let (id, origin, disk) = match base_source(spark, built) {
         BaseSource::ThisRun(base) => {
             match base.status {
-                Status::Ok => {}
+                Status::Ok | Status::Current => {}
                 Status::Failed => bail!("not built: its base, {}, failed (see its log, {})", base.name, base.log),
                 Status::Interrupted => bail!("not built: its base, {}, was interrupted", base.name),
             }

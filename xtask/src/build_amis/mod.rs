@@ -4,11 +4,18 @@
 //! (Packer and recording) and `report`; where the builds run is `site`.
 
 mod base;
+mod inputs;
 mod plan;
 mod report;
 mod run;
+mod survey;
 
-use std::{fs, path::PathBuf, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
 use xshell::Shell;
@@ -67,6 +74,11 @@ pub struct Args {
     /// How many Packer builds run at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+
+    /// Build every selected build, even those whose recorded AMIs are
+    /// current (same input hash: template, scripts, matrix cell, source AMI).
+    #[arg(long)]
+    pub force: bool,
 
     /// Print every build and AMI the run would make, and run nothing.
     #[arg(long)]
@@ -137,7 +149,8 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
     if args.dry_run {
-        return plan::print(&builds, &ami_list_root, args.spark_on_base, args.json);
+        let verdicts = dry_run_verdicts(sh, args, &builds, &ami_list_root);
+        return plan::print(&builds, &ami_list_root, args.spark_on_base, args.json, &verdicts);
     }
 
     let provision = !args.no_provision;
@@ -164,20 +177,17 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         RunStamp { run_id: run_id.clone(), git_commit: project::git_commit(sh), created_at: project::rfc3339(started) };
     let log_dir = project::target_dir().join("packer-logs").join(&run_id);
     fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
-    eprintln!(
-        "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}{}; logs in {}",
-        builds.len(),
-        builds.iter().map(|b| b.regions().count()).sum::<usize>(),
-        format!("{:?}", args.strategy).to_lowercase(),
-        args.jobs,
-        if args.spark_on_base { ", Spark on base (base builds first)" } else { "" },
-        site.endpoint().map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
-        display(&log_dir),
-    );
+    announce(&run_id, &builds, args, site.endpoint(), &log_dir);
     let clock = Instant::now();
+    // The sandbox's emulator starts empty: nothing can be current there.
+    let survey = survey::Survey::take(sh, &site, &builds, !args.force && !site.starts_empty())?;
+    let texts = run::InputTexts::read()?;
     let run = run::RunContext {
         stamp,
         site: &site,
+        survey: &survey,
+        texts: &texts,
+        force: args.force,
         log_dir,
         ami_list: ami_list_root.clone(),
         retries: args.retries,
@@ -205,4 +215,61 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let finished = report::finish(&report, args.json);
     drop(lock);
     finished
+}
+
+/// The run's first line: what it builds, how, and where its logs go.
+fn announce(run_id: &str, builds: &[crate::matrix::Build], args: &Args, endpoint: Option<&str>, log_dir: &Path) {
+    eprintln!(
+        "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}{}; logs in {}",
+        builds.len(),
+        builds.iter().map(|b| b.regions().count()).sum::<usize>(),
+        format!("{:?}", args.strategy).to_lowercase(),
+        args.jobs,
+        if args.spark_on_base { ", Spark on base (base builds first)" } else { "" },
+        endpoint.map(|e| format!(", EC2 at {e}")).unwrap_or_default(),
+        display(log_dir),
+    );
+}
+
+/// For a dry run: build name -> whether it would be built and why, from a
+/// read-only look at EC2. One line for all when EC2 cannot be asked.
+fn dry_run_verdicts(
+    sh: &Shell,
+    args: &Args,
+    builds: &[crate::matrix::Build],
+    ami_list_root: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    if args.endpoint.local {
+        return Err("--local starts an empty emulator: every build would be built".to_string());
+    }
+    if args.force {
+        return Err("--force: every build would be built".to_string());
+    }
+    let look = || -> Result<BTreeMap<String, String>> {
+        let request = Request { builds, provision: false, smoke_test: !args.skip_smoke_test, spark_on_base: false };
+        let site = Site::open(sh, &args.endpoint, &args.sources, &request)?;
+        let survey = survey::Survey::take(sh, &site, builds, true)?;
+        let texts = run::InputTexts::read()?;
+        let known = inputs::RunInputs {
+            template: &texts.template,
+            scripts: &texts.scripts,
+            provision: !args.no_provision,
+            smoke_test: !args.skip_smoke_test,
+        };
+        let verdict = |build: &crate::matrix::Build| {
+            if args.spark_on_base && build.image.spark.is_some() {
+                return "build if its base is built; else as recorded".to_string();
+            }
+            let inputs = inputs::Inputs::of(build, &known, survey.source(build), None);
+            match survey.currency(build, ami_list_root, &inputs) {
+                survey::Currency::Current(_) => "current: skip".to_string(),
+                survey::Currency::Partial { missing, reasons, .. } => {
+                    format!("copy to {} (no launch): {}", missing.join(", "), reasons.join("; "))
+                }
+                survey::Currency::Stale(reasons) => format!("build: {}", reasons.join("; ")),
+            }
+        };
+        Ok(builds.iter().map(|b| (b.name.clone(), verdict(b))).collect())
+    };
+    look().map_err(|e| format!("not checked against EC2 ({e:#})"))
 }

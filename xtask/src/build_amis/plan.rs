@@ -1,7 +1,7 @@
 //! The plan: which builds this run makes (the preset, narrowed by filters or
 //! by an earlier run to resume), and the dry run that shows it.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -63,13 +63,22 @@ pub(super) fn builds_to_resume(earlier: &Report, planned: Vec<Build>, ami_list: 
 #[derive(Debug, Serialize)]
 struct PlannedBuild<'a> {
     name: &'a str,
+    /// Built or skipped as current, and why; None when EC2 was not asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<&'a str>,
     launch_region: &'a str,
     instance_type: &'a str,
     source_ami: String,
     amis: Vec<String>,
 }
 
-pub(super) fn print(builds: &[Build], ami_list_root: &Path, spark_on_base: bool, json: bool) -> Result<()> {
+pub(super) fn print(
+    builds: &[Build],
+    ami_list_root: &Path,
+    spark_on_base: bool,
+    json: bool,
+    verdicts: &Result<BTreeMap<String, String>, String>,
+) -> Result<()> {
     let bases: Vec<(&Build, &Build)> = builds.iter().filter(|b| b.image.spark.is_none()).map(|b| (b, b)).collect();
     let source = |b: &Build| match base_source(b, &bases) {
         _ if !spark_on_base || b.image.spark.is_none() => b.source_ami.name.clone(),
@@ -80,6 +89,7 @@ pub(super) fn print(builds: &[Build], ami_list_root: &Path, spark_on_base: bool,
         .iter()
         .map(|b| PlannedBuild {
             name: &b.name,
+            verdict: verdicts.as_ref().ok().and_then(|v| v.get(&b.name)).map(String::as_str),
             launch_region: &b.region,
             instance_type: &b.instance_type,
             source_ami: source(b),
@@ -98,6 +108,9 @@ pub(super) fn print(builds: &[Build], ami_list_root: &Path, spark_on_base: bool,
     }
     for build in &planned {
         println!("{}: launch {} in {} from {}", build.name, build.instance_type, build.launch_region, build.source_ami);
+        if let Some(verdict) = build.verdict {
+            println!("    {verdict}");
+        }
         for ami in &build.amis {
             println!("    {}", ami);
         }
@@ -108,6 +121,9 @@ pub(super) fn print(builds: &[Build], ami_list_root: &Path, spark_on_base: bool,
         planned.iter().map(|b| b.amis.len()).sum::<usize>(),
         display(ami_list_root)
     );
+    if let Err(why) = verdicts {
+        println!("which builds are current: {why}");
+    }
     Ok(())
 }
 

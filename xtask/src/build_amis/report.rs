@@ -41,6 +41,7 @@ pub(super) fn summary_table(report: &Report) -> String {
     for build in &report.builds {
         let status = match build.status {
             Status::Ok => "ok",
+            Status::Current => "current",
             Status::Failed => "FAILED",
             Status::Interrupted => "INTERRUPTED",
         };
@@ -85,9 +86,13 @@ pub(super) fn summary_table(report: &Report) -> String {
         }
     }
     let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
+    let current = match report.count(Status::Current) {
+        0 => String::new(),
+        n => format!(" ({n} current, skipped)"),
+    };
     out.push_str(&format!(
-        "\n{} of {} builds ok, {} AMIs recorded in {} in {:.1}s{}\n",
-        ok.len(),
+        "\n{} of {} builds ok{current}, {} AMIs recorded in {} in {:.1}s{}\n",
+        ok.len() + report.count(Status::Current),
         report.builds.len(),
         ok.iter().map(|b| b.recorded.len()).sum::<usize>(),
         report.ami_list,
@@ -121,6 +126,8 @@ mod tests {
             recorded: vec!["base/us-east-1/hvm-arm64".to_string()],
             seconds: 30.0,
             attempts: 1,
+            inputs: None,
+            why_built: Vec::new(),
             base_ami: None,
             log: "log".to_string(),
             error: None,

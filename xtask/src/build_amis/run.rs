@@ -15,7 +15,11 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use xshell::Shell;
 
-use super::base::{self, BaseAmi};
+use super::{
+    base::{self, BaseAmi},
+    inputs::{Inputs, RunInputs},
+    survey::{Currency, Survey},
+};
 use crate::{
     ami_list::{self, Cell},
     interrupt,
@@ -32,12 +36,40 @@ use crate::{
 pub(super) struct RunContext<'a> {
     pub stamp: RunStamp,
     pub site: &'a Site,
+    pub survey: &'a Survey,
+    pub texts: &'a InputTexts,
+    /// Build even what is current.
+    pub force: bool,
     pub log_dir: PathBuf,
     pub ami_list: PathBuf,
     pub retries: u32,
     pub jobs: u16,
     pub spark_on_base: bool,
     pub verbose: bool,
+}
+
+/// The template and the scripts, read once per run for the input hashes.
+pub(super) struct InputTexts {
+    pub template: String,
+    pub scripts: BTreeMap<String, String>,
+}
+
+impl InputTexts {
+    pub fn read() -> Result<InputTexts> {
+        let template_file = template::template_file();
+        let template =
+            fs::read_to_string(&template_file).with_context(|| format!("read {}", template_file.display()))?;
+        let dir = crate::project::root().join("scripts");
+        let mut scripts = BTreeMap::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+                scripts.insert(path.file_name().unwrap_or_default().to_string_lossy().into_owned(), text);
+            }
+        }
+        Ok(InputTexts { template, scripts })
+    }
 }
 
 /// Where one build starts, and what it keeps for the builds that follow.
@@ -117,6 +149,8 @@ fn run_build(
         recorded: Vec::new(),
         seconds: 0.0,
         attempts: 0,
+        inputs: None,
+        why_built: Vec::new(),
         base_ami: None,
         log: String::new(),
         error: None,
@@ -138,6 +172,21 @@ fn run_build(
         }
     };
     result.base_ami = from.base.as_ref().map(|b| b.id.clone());
+    let known = RunInputs {
+        template: &run.texts.template,
+        scripts: &run.texts.scripts,
+        provision: run.site.provision,
+        smoke_test: run.site.smoke_test,
+    };
+    let inputs = Inputs::of(build, &known, run.survey.source(build), result.base_ami.as_deref());
+    if without_packer(sh, run, build, &inputs, &mut result) {
+        result.seconds = clock.elapsed().as_secs_f64();
+        send(match result.status {
+            Status::Current => Event::Skipped { build: build.name.clone(), why: "current".to_string() },
+            _ => finished(&result),
+        });
+        return result;
+    }
     send(Event::Started {
         build: build.name.clone(),
         detail: match build.copy_regions.len() {
@@ -145,22 +194,82 @@ fn run_build(
             n => format!("in {}, copying to {n} regions", build.region),
         },
     });
-    let outcome = build_with_retries(sh, run, build, &from, &mut result, &send);
+    let outcome = build_with_retries(sh, run, build, (&from, &inputs), &mut result, &send);
     settle(run, build, outcome, &mut result);
     result.seconds = clock.elapsed().as_secs_f64();
-    send(match (&result.status, &result.error) {
-        (Status::Ok, _) => Event::Finished {
-            build: build.name.clone(),
-            detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds),
-        },
-        (Status::Interrupted, _) => Event::Skipped { build: build.name.clone(), why: "STOPPED".to_string() },
-        (_, error) => Event::Failed {
-            build: build.name.clone(),
-            error: error.clone().unwrap_or_default(),
-            log: result.log.clone(),
-        },
-    });
+    send(finished(&result));
     result
+}
+
+/// Records the build's input hash. True when Packer need not run: every AMI
+/// is current (skipped), or current in some regions and copied to the rest.
+fn without_packer(sh: &Shell, run: &RunContext, build: &Build, inputs: &Inputs, result: &mut BuildResult) -> bool {
+    result.inputs = Some(inputs.hash());
+    if run.force {
+        result.why_built = vec!["--force".to_string()];
+        return false;
+    }
+    match run.survey.currency(build, &run.ami_list, inputs) {
+        Currency::Current(amis) => {
+            result.status = Status::Current;
+            result.amis = amis;
+        }
+        Currency::Partial { current, missing, reasons } => {
+            result.why_built = reasons;
+            match copy_to(sh, run, build, &current, &missing) {
+                Ok((amis, recorded)) => {
+                    (result.status, result.amis, result.recorded) = (Status::Ok, amis, recorded);
+                }
+                Err(e) => (result.status, result.error) = (Status::Failed, Some(format!("{e:#}"))),
+            }
+        }
+        Currency::Stale(reasons) => {
+            result.why_built = reasons;
+            return false;
+        }
+    }
+    true
+}
+
+/// Copies a current AMI of `build` to the regions it is missing from, with
+/// its tags, and records the copies. Returns every region's AMI and the
+/// files written.
+fn copy_to(
+    sh: &Shell,
+    run: &RunContext,
+    build: &Build,
+    current: &BTreeMap<String, String>,
+    missing: &[String],
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let (from_region, from_id) =
+        current.get_key_value(&build.region).or_else(|| current.iter().next()).context("no current AMI")?;
+    let image = run.survey.image(from_region, from_id).context("the current AMI was not listed")?;
+    let tags = image.tags();
+    let mut amis = current.clone();
+    let mut cells = Vec::new();
+    for region in missing {
+        let id = run
+            .site
+            .aws()
+            .copy_image(sh, (region, from_region), from_id, &image.name, &tags)
+            .with_context(|| format!("copy {from_id} from {from_region} to {region}"))?;
+        cells.push((Cell { image: build.image.name.clone(), region: region.clone(), slot: build.slot() }, id.clone()));
+        amis.insert(region.clone(), id);
+    }
+    let recorded = ami_list::write_all(&run.ami_list, &cells)?;
+    Ok((amis, recorded))
+}
+
+/// The printer's event for a build that ran.
+fn finished(result: &BuildResult) -> Event {
+    let build = result.name.clone();
+    match (&result.status, &result.error) {
+        (Status::Ok | Status::Current, _) => {
+            Event::Finished { build, detail: format!("{} AMIs in {:.1}s", result.amis.len(), result.seconds) }
+        }
+        (Status::Interrupted, _) => Event::Skipped { build, why: "STOPPED".to_string() },
+        (_, error) => Event::Failed { build, error: error.clone().unwrap_or_default(), log: result.log.clone() },
+    }
 }
 
 /// Packer, run again after a transient failure, up to `run.retries` times.
@@ -168,7 +277,7 @@ fn build_with_retries(
     sh: &Shell,
     run: &RunContext,
     build: &Build,
-    from: &LaunchFrom,
+    (from, inputs): (&LaunchFrom, &Inputs),
     result: &mut BuildResult,
     send: &dyn Fn(Event),
 ) -> Result<BTreeMap<String, String>, Failure> {
@@ -179,8 +288,9 @@ fn build_with_retries(
             n => run.log_dir.join(format!("{}.attempt-{n}.log", build.name)),
         };
         result.log = display(&log);
-        let outcome =
-            packer_build(sh, run, build, from, &log, |step| send(Event::Step { build: build.name.clone(), step }));
+        let outcome = packer_build(sh, run, build, (from, inputs), &log, |step| {
+            send(Event::Step { build: build.name.clone(), step })
+        });
         result.notes = fs::read_to_string(&log).map(|text| provisioner_says(&text, "NOTE")).unwrap_or_default();
         match outcome {
             Err(failure) if failure.transient && result.attempts <= run.retries && !interrupt::interrupted() => {
@@ -256,11 +366,13 @@ fn packer_build(
     sh: &Shell,
     run: &RunContext,
     build: &Build,
-    from: &LaunchFrom,
+    (from, inputs): (&LaunchFrom, &Inputs),
     log: &Path,
     mut on_step: impl FnMut(String),
 ) -> Result<BTreeMap<String, String>, Failure> {
     let mut vars = TemplateVars::for_build(build, &run.stamp);
+    vars.input_hash = inputs.hash();
+    vars.input_digests = inputs.digests();
     if let Some(base) = &from.base {
         vars.source_ami_name = base.name.clone();
         vars.source_ami_owners = vec!["self".to_string()];

@@ -1,0 +1,145 @@
+//! What EC2 holds before a run builds anything: the source AMI each build's
+//! filter resolves to, and the factory's images in every region the builds
+//! record. A few read-only calls per region; from them, which builds are
+//! current and can be skipped, and why the others must be built.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+use anyhow::Result;
+use rayon::prelude::*;
+use xshell::Shell;
+
+use super::inputs::{Inputs, DIGESTS_TAG, INPUTS_TAG};
+use crate::{
+    ami_list::{self, Cell},
+    aws::Image,
+    matrix::Build,
+    site::Site,
+};
+
+pub(crate) struct Survey {
+    /// (launch region, build name) -> the source AMI its filter resolves to.
+    sources: BTreeMap<(String, String), String>,
+    /// Region -> the factory's images there, by ID. Empty when not listed
+    /// (--force, or a sandbox whose emulator starts empty).
+    images: BTreeMap<String, BTreeMap<String, Image>>,
+}
+
+/// Whether a build's AMIs are all current.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Currency {
+    /// Region -> the recorded AMI, current in every region of the build.
+    Current(BTreeMap<String, String>),
+    /// Current where recorded, but missing in other regions (one added to
+    /// the preset, or an AMI deregistered by hand): copy it there.
+    Partial { current: BTreeMap<String, String>, missing: Vec<String>, reasons: Vec<String> },
+    /// Why it must be built, one reason per region at most.
+    Stale(Vec<String>),
+}
+
+impl Survey {
+    /// Resolves every build's source filter in its launch region, and, when
+    /// `list_images`, lists the factory's images in every region recorded.
+    pub fn take(sh: &Shell, site: &Site, builds: &[Build], list_images: bool) -> Result<Survey> {
+        // One call per distinct filter and region: base and Spark share theirs.
+        let filters: BTreeSet<(&str, &str, &[String], &str)> = builds
+            .iter()
+            .map(|b| (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str()))
+            .collect();
+        let resolved: BTreeMap<_, String> = filters
+            .into_par_iter()
+            .map_with(sh.clone(), |sh, filter @ (region, name, owners, arch)| {
+                let found = site.aws().newest_image(sh, region, name, owners, arch);
+                // A filter that matches nothing fails its build in Packer, with Packer's words.
+                (filter, found.ok().flatten().map_or_else(|| "unresolved".to_string(), |i| i.image_id))
+            })
+            .collect();
+        let sources = builds.iter().map(|b| {
+            let filter =
+                (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str());
+            ((b.region.clone(), b.name.clone()), resolved[&filter].clone())
+        });
+        let regions: BTreeSet<&str> = builds.iter().flat_map(|b| b.regions()).collect();
+        let images = if list_images {
+            regions
+                .par_iter()
+                .map_with(sh.clone(), |sh, region| -> Result<(String, BTreeMap<String, Image>)> {
+                    let found = site.aws().factory_images(sh, region)?;
+                    Ok((region.to_string(), found.into_iter().map(|i| (i.image_id.clone(), i)).collect()))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Survey { sources: sources.collect(), images })
+    }
+
+    /// A factory image the survey listed.
+    pub fn image(&self, region: &str, id: &str) -> Option<&Image> {
+        self.images.get(region)?.get(id)
+    }
+
+    /// The source AMI `build`'s filter resolves to in its launch region.
+    pub fn source(&self, build: &Build) -> &str {
+        self.sources.get(&(build.region.clone(), build.name.clone())).map_or("unresolved", String::as_str)
+    }
+
+    /// Current when every region's recorded AMI exists, is available, is the
+    /// factory's and carries the same input hash.
+    pub fn currency(&self, build: &Build, ami_list_root: &Path, inputs: &Inputs) -> Currency {
+        let hash = inputs.hash();
+        let mut current = BTreeMap::new();
+        let mut reasons = Vec::new();
+        // Regions with no usable AMI at all, which a copy can fill.
+        let mut missing = Vec::new();
+        for region in build.regions() {
+            let cell = Cell { image: build.image.name.clone(), region: region.to_string(), slot: build.slot() };
+            let at = cell.relative_path().display().to_string();
+            let recorded = match ami_list::read(ami_list_root, &cell) {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    reasons.push(format!("{at}: nothing recorded"));
+                    missing.push(region.to_string());
+                    continue;
+                }
+                Err(e) => {
+                    reasons.push(format!("{at}: {e:#}"));
+                    continue;
+                }
+            };
+            let image = self.images.get(region).and_then(|images| images.get(&recorded));
+            let tags = image.map(Image::tags).unwrap_or_default();
+            match image {
+                None => {
+                    reasons.push(format!("{at}: {recorded} is not a factory image in {region}"));
+                    missing.push(region.to_string());
+                }
+                Some(image) if image.state != "available" => {
+                    reasons.push(format!("{at}: {recorded} is {}", image.state))
+                }
+                Some(_) if tags.get(INPUTS_TAG) == Some(&hash.as_str()) => {
+                    current.insert(region.to_string(), recorded);
+                }
+                Some(_) => {
+                    let changes = match tags.get(DIGESTS_TAG) {
+                        Some(before) => inputs.changes_since(before),
+                        None => vec!["built before input hashes".to_string()],
+                    };
+                    reasons.push(format!("{at}: {}", changes.join(", ")));
+                }
+            }
+        }
+        if reasons.is_empty() {
+            Currency::Current(current)
+        } else if !current.is_empty() && missing.len() == reasons.len() {
+            Currency::Partial { current, missing, reasons }
+        } else {
+            // The same change shows in every region; say it once.
+            reasons.dedup_by(|a, b| a.split_once(": ").map(|x| x.1) == b.split_once(": ").map(|x| x.1));
+            Currency::Stale(reasons)
+        }
+    }
+}
