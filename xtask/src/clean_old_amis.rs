@@ -73,7 +73,7 @@ pub struct Args {
     /// Judge ages as of this earlier UTC time (RFC 3339, e.g.
     /// 2026-11-01T00:00:00Z) instead of now: it can only make AMIs look
     /// younger, so it only ever keeps more. Tests use it for exact ages.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = project::parse_time)]
     pub as_of: Option<u64>,
 
     /// Act: deregister the AMIs the dry run lists, then delete their snapshots.
@@ -120,7 +120,7 @@ impl Ami {
             name: i.name.clone(),
             state: i.state.clone(),
             public: i.public,
-            created: parse_time(&i.creation_date).ok(),
+            created: project::parse_time(&i.creation_date).ok(),
             tags: i.tags().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             snapshots: image.snapshot_ids(),
         }
@@ -352,44 +352,6 @@ pub fn format_duration(secs: u64) -> String {
         Some((next, next_size)) if rest >= *next_size => format!("{}{unit}{}{next}", secs / size, rest / next_size),
         _ => format!("{}{unit}", secs / size),
     }
-}
-
-/// RFC 3339 as EC2 writes it (`2026-11-25T12:03:31.000Z`, or with an offset)
-/// -> seconds since the epoch.
-pub fn parse_time(text: &str) -> Result<u64> {
-    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z");
-    let (date, time) = text.split_once(['T', 't']).with_context(bad)?;
-    let (time, offset_secs) = if let Some(t) = time.strip_suffix(['Z', 'z']) {
-        (t, 0i64)
-    } else {
-        let at = time.rfind(['+', '-']).with_context(bad)?;
-        let (t, offset) = time.split_at(at);
-        let (h, m) = offset[1..].split_once(':').with_context(bad)?;
-        let secs =
-            h.parse::<i64>().ok().zip(m.parse::<i64>().ok()).map(|(h, m)| h * 3600 + m * 60).with_context(bad)?;
-        (t, if offset.starts_with('-') { -secs } else { secs })
-    };
-    let numbers = |s: &str, sep| -> Option<Vec<i64>> { s.split(sep).map(|n| n.parse().ok()).collect() };
-    let ymd = numbers(date, '-').filter(|v| v.len() == 3).with_context(bad)?;
-    let whole_secs = time.split('.').next().unwrap_or(time);
-    let hms = numbers(whole_secs, ':').filter(|v| v.len() == 3).with_context(bad)?;
-    let (month, day) = (ymd[1], ymd[2]);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
-        bail!(bad());
-    }
-    let secs = days_from_civil(ymd[0], month, day) * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2] - offset_secs;
-    u64::try_from(secs).ok().with_context(bad)
-}
-
-/// Howard Hinnant's days-from-civil: the inverse of `project::utc`.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Every AMI ID in an ami-list tree (`<image>/<region>/<slot>` files), with
@@ -1086,21 +1048,6 @@ mod tests {
     }
 
     #[test]
-    fn times_as_ec2_writes_them() {
-        assert_eq!(parse_time("2026-11-25T00:28:29.000Z").unwrap(), NOW);
-        assert_eq!(parse_time("2026-11-25T00:28:29Z").unwrap(), NOW);
-        assert_eq!(parse_time("2026-11-25T01:28:29+01:00").unwrap(), NOW);
-        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(parse_time("2000-02-29T00:00:00Z").unwrap(), 951_782_400);
-        for secs in [0, 951_782_400, NOW, 4_102_444_800] {
-            assert_eq!(parse_time(&project::rfc3339(secs)).unwrap(), secs, "round trip");
-        }
-        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T25:00:00Z", "yesterday"] {
-            assert!(parse_time(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn the_table_says_what_goes_and_why_the_rest_stays() {
         let mut foreign = factory("ami-foreign", 90);
         foreign.tags.clear();
@@ -1162,14 +1109,14 @@ mod tests {
                 (
                     "ami-c9f0b11adc6207c1b",
                     true,
-                    Some(parse_time("2026-11-25T12:03:31Z").unwrap()),
+                    Some(project::parse_time("2026-11-25T12:03:31Z").unwrap()),
                     &["snap-8cb44c8159a33af0a".to_string()][..],
                     Some("base/hvm/x86_64/us-east-1".to_string())
                 ),
                 (
                     "ami-cda23b038324d4d1f",
                     false,
-                    Some(parse_time("2026-11-25T12:03:35Z").unwrap()),
+                    Some(project::parse_time("2026-11-25T12:03:35Z").unwrap()),
                     &["snap-2f20eb0f1bcf1ddad".to_string()][..],
                     None
                 ),

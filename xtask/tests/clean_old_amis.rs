@@ -19,7 +19,6 @@ use serde_json::Value;
 use xshell::Shell;
 use xtask::{
     ami_list::{self, Cell},
-    clean_old_amis::parse_time,
     local, project,
 };
 
@@ -95,7 +94,7 @@ impl Ec2 {
                     .iter()
                     .filter_map(|m| m["Ebs"]["SnapshotId"].as_str().map(str::to_string))
                     .collect();
-                let created = parse_time(image["CreationDate"].as_str().unwrap()).unwrap();
+                let created = project::parse_time(image["CreationDate"].as_str().unwrap()).unwrap();
                 (image["ImageId"].as_str().unwrap().to_string(), (created, snapshots))
             })
             .collect()
