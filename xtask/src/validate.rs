@@ -19,6 +19,7 @@ use crate::{
     build_amis::{self, display},
     checks::{self, Entry, Known, Problem, Recorded},
     endpoint::EndpointArgs,
+    factory::{IMAGE_TAG, MANAGED_BY},
     matrix::{Filters, Strategy},
     packer, project,
 };
@@ -454,13 +455,13 @@ pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str
         problems.push(format!("{id} is {} but its file says {arch}", image.architecture));
     }
     let tags = image.tags();
-    if tags.get("managed-by") != Some(&"spark-packer") {
+    if tags.get(MANAGED_BY.0) != Some(&MANAGED_BY.1) {
         problems
             .push(format!("{id} lacks the factory's tag managed-by=spark-packer: it was not built by spark-packer"));
-    } else if tags.get("spark-packer:image") != Some(&recorded.image.as_str()) {
+    } else if tags.get(IMAGE_TAG) != Some(&recorded.image.as_str()) {
         problems.push(format!(
             "{id} is tagged as image `{}` but recorded under `{}`",
-            tags.get("spark-packer:image").unwrap_or(&"(none)"),
+            tags.get(IMAGE_TAG).unwrap_or(&"(none)"),
             recorded.image
         ));
     }

@@ -7,14 +7,9 @@ use serde::Serialize;
 use super::age::format_duration;
 use crate::{
     aws::{ImageWithSnapshots, InstanceImage, TemplateImage},
+    factory::{ARCH_TAG, IMAGE_TAG, MANAGED_BY, VIRT_TAG},
     project,
 };
-
-/// The factory's tags. An AMI without all of them is not a candidate.
-pub(crate) const MANAGED_BY: (&str, &str) = ("managed-by", "spark-packer");
-pub(crate) const IMAGE_TAG: &str = "spark-packer:image";
-pub(crate) const VIRT_TAG: &str = "spark-packer:virtualization";
-pub(crate) const ARCH_TAG: &str = "spark-packer:architecture";
 
 /// AMI ID -> who needs it: ami-list files, instances, launch template versions.
 pub(crate) type Needed = BTreeMap<String, Vec<String>>;

@@ -3,8 +3,11 @@
 
 use std::fs;
 
-use super::select::{Ami, Policy, ARCH_TAG, IMAGE_TAG, MANAGED_BY, VIRT_TAG};
-use crate::project;
+use super::select::{Ami, Policy};
+use crate::{
+    factory::{ARCH_TAG, IMAGE_TAG, MANAGED_BY, VIRT_TAG},
+    project,
+};
 
 pub(super) const DAY: u64 = 86_400;
 pub(super) const NOW: u64 = 1_795_566_509; // 2026-11-25T00:28:29Z
