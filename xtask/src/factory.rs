@@ -139,7 +139,8 @@ fn is_commit(v: &str) -> bool {
     v == "unknown" || ((7..=40).contains(&hash.len()) && hash.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn is_ami_id(v: &str) -> bool {
+/// `ami-` and 8 to 17 hex digits, as EC2 writes image IDs.
+pub fn is_ami_id(v: &str) -> bool {
     v.strip_prefix("ami-").is_some_and(|h| (8..=17).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 

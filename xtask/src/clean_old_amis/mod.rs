@@ -1,15 +1,18 @@
 //! `cargo xtask clean-old-amis`: deregister superseded factory AMIs and delete
 //! their snapshots, and never what someone still needs.
 //!
-//! Each region is listed in parallel (images, instances, launch templates),
-//! then [`select`], a pure function, decides keep or delete with a reason for
-//! every image. Only with `--yes` does anything change.
+//! Each region is listed in parallel (snapshots, images and their launch
+//! permissions, instances, launch templates and configurations), then
+//! `select::select` and `snapshots::orphans`, pure functions, decide keep
+//! or delete with a reason for every image. Only with `--yes` does anything
+//! change, and a region whose listing failed changes nothing.
 
 mod age;
 mod listed;
 mod region;
 mod report;
 mod select;
+mod snapshots;
 #[cfg(test)]
 mod testing;
 
@@ -41,17 +44,22 @@ use crate::{
 
 /// Deregister superseded AMIs that the factory made, and delete their snapshots.
 ///
-/// A candidate is an AMI this account owns that carries the factory's tags
-/// (managed-by=spark-packer, spark-packer:image, :virtualization,
-/// :architecture). Untagged AMIs are never touched. Always kept: every ID in
-/// the ami-list tree, the newest --keep per family (image x virtualization x
-/// architecture x region), anything younger than --min-age, anything an
-/// instance or a launch template's default or latest version uses, and public
-/// AMIs.
+/// A candidate is an AMI this account owns that the factory made: it carries
+/// every tag packer/spark-ami.pkr.hcl writes (managed-by=spark-packer, image,
+/// virtualization, architecture, build, run id, created-at, ...), well formed,
+/// and the factory's name spark-packer-<build>-<run id>. Anything else, such
+/// as an AMI made by hand and tagged managed-by=spark-packer, is never touched.
+/// Always kept: every ID in the ami-list tree, the newest --keep per family
+/// (image x virtualization x architecture x region), anything younger than
+/// --min-age, anything an instance, a launch template's default or latest
+/// version or an Auto Scaling launch configuration uses, AMIs shared with an
+/// account, organization or OU, public AMIs, and disabled ones.
 ///
 /// Dry run by default: it prints what would go and why the rest stays. Add
 /// --yes to deregister, then delete each AMI's snapshots unless another AMI
-/// still uses them.
+/// still uses them. It also deletes the factory's snapshots whose AMI is
+/// already gone (older than --min-age), so a rerun finishes what a killed run
+/// started.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only these regions, e.g. us-east-1,eu-west-1. Default: every region of
@@ -69,12 +77,14 @@ pub struct Args {
     #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_duration)]
     pub min_age: u64,
 
-    /// Also delete AMIs that a live instance or a launch template's default or
-    /// latest version uses. Their users cannot launch them again.
+    /// Also delete AMIs that a live instance, a launch template's default or
+    /// latest version, or a launch configuration uses. Their users cannot
+    /// launch them again. AMIs shared with accounts stay regardless.
     #[arg(long)]
     pub include_in_use: bool,
 
-    /// Also delete public AMIs. Anyone may depend on those.
+    /// Also delete public AMIs (EC2's public flag, or a launch permission for
+    /// group all). Anyone may depend on those.
     #[arg(long)]
     pub include_public: bool,
 

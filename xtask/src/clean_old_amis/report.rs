@@ -13,11 +13,15 @@ pub(crate) struct RegionReport {
     pub(crate) decisions: Vec<Decision>,
     /// AMIs deregistered (with --yes).
     pub(crate) deregistered: Vec<String>,
-    /// AMIs to delete that were left as they were because of Ctrl-C or SIGTERM.
+    /// AMIs and orphan snapshots to delete that were left as they were
+    /// because of Ctrl-C or SIGTERM.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) not_started: Vec<String>,
-    /// Snapshots deleted with --yes, or that would be without it.
+    /// Snapshots of the deregistered AMIs deleted with --yes, or that would be without it.
     pub(crate) snapshots: Vec<SnapshotOf>,
+    /// The factory's snapshots whose AMI was already gone (a killed run's
+    /// leftovers), deleted with --yes, or that would be without it.
+    pub(crate) orphan_snapshots: Vec<SnapshotOf>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -38,9 +42,11 @@ pub(crate) struct Summary {
     /// AMIs deregistered, or that a dry run would deregister.
     pub(crate) deleted: usize,
     pub(crate) snapshots_deleted: usize,
+    /// Orphan snapshots deleted, or that a dry run would delete.
+    pub(crate) orphan_snapshots_deleted: usize,
     /// Factory AMIs kept, counted under their first reason.
     pub(crate) kept: BTreeMap<Reason, usize>,
-    /// Own AMIs without the factory's tags: never candidates.
+    /// Own AMIs the factory did not make (`factory::check_ami`): never candidates.
     pub(crate) not_factory: usize,
     /// AMIs to delete left as they were because of Ctrl-C or SIGTERM.
     pub(crate) not_started: usize,
@@ -62,13 +68,21 @@ pub(crate) struct Report {
 }
 
 pub(super) fn summarize(reports: &[RegionReport], act: bool) -> Summary {
-    let mut summary =
-        Summary { deleted: 0, snapshots_deleted: 0, kept: BTreeMap::new(), not_factory: 0, not_started: 0, errors: 0 };
+    let mut summary = Summary {
+        deleted: 0,
+        snapshots_deleted: 0,
+        orphan_snapshots_deleted: 0,
+        kept: BTreeMap::new(),
+        not_factory: 0,
+        not_started: 0,
+        errors: 0,
+    };
     for report in reports {
         summary.not_started += report.not_started.len();
         summary.deleted +=
             if act { report.deregistered.len() } else { report.decisions.iter().filter(|d| d.delete).count() };
         summary.snapshots_deleted += report.snapshots.len();
+        summary.orphan_snapshots_deleted += report.orphan_snapshots.len();
         summary.errors += report.errors.len();
         for decision in &report.decisions {
             match decision.kept_because.first().map(|w| w.reason) {
@@ -83,6 +97,45 @@ pub(super) fn summarize(reports: &[RegionReport], act: bool) -> Summary {
 
 /// The table and summary a person reads. Pure.
 pub(crate) fn render(report: &Report) -> String {
+    let mut out = table(report);
+    let verb = if report.dry_run { "would delete" } else { "deleted" };
+    for region in &report.regions {
+        for SnapshotOf { snapshot_id: snapshot, image_id: image } in &region.snapshots {
+            out.push_str(&format!("{verb} snapshot {snapshot} of {image} in {}\n", region.region));
+        }
+        for SnapshotOf { snapshot_id: snapshot, image_id: image } in &region.orphan_snapshots {
+            out.push_str(&format!("{verb} orphan snapshot {snapshot} of {image} (gone) in {}\n", region.region));
+        }
+        for error in &region.errors {
+            out.push_str(&format!("ERROR {}: {error}\n", region.region));
+        }
+        for id in &region.not_started {
+            out.push_str(&format!("not deleted (interrupted) {id} in {}\n", region.region));
+        }
+    }
+    let s = &report.summary;
+    let kept: Vec<String> = s.kept.iter().map(|(reason, n)| format!("{} {n}", reason.label())).collect();
+    out.push_str(&format!(
+        "{}: {} AMIs, {} of their snapshots and {} orphan snapshots {}; kept {} ({}); \
+         {} AMIs not the factory's never touched; {} errors\n",
+        if report.dry_run { "dry run" } else { "done" },
+        s.deleted,
+        s.snapshots_deleted,
+        s.orphan_snapshots_deleted,
+        if report.dry_run { "would be deleted" } else { "deleted" },
+        s.kept.values().sum::<usize>(),
+        if kept.is_empty() { "none".to_string() } else { kept.join(", ") },
+        s.not_factory,
+        s.errors,
+    ));
+    if report.dry_run && s.deleted + s.orphan_snapshots_deleted > 0 {
+        out.push_str("nothing was changed: run again with --yes to delete them\n");
+    }
+    out
+}
+
+/// One row per factory AMI: what happens to it, and why.
+fn table(report: &Report) -> String {
     let mut rows = vec![["REGION", "AMI", "FAMILY", "CREATED", "ACTION", "WHY"].map(String::from)];
     let go = if report.dry_run { "would delete" } else { "delete" };
     for region in &report.regions {
@@ -108,41 +161,13 @@ pub(crate) fn render(report: &Report) -> String {
     }
     let mut out = String::new();
     if rows.len() == 1 {
-        out.push_str("no AMIs with the factory's tags in these regions\n");
+        out.push_str("no AMIs the factory made in these regions\n");
         rows.clear();
     }
     for row in &rows {
         let line: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
-    }
-    for region in &report.regions {
-        for SnapshotOf { snapshot_id: snapshot, image_id: image } in &region.snapshots {
-            let verb = if report.dry_run { "would delete" } else { "deleted" };
-            out.push_str(&format!("{verb} snapshot {snapshot} of {image} in {}\n", region.region));
-        }
-        for error in &region.errors {
-            out.push_str(&format!("ERROR {}: {error}\n", region.region));
-        }
-        for image in &region.not_started {
-            out.push_str(&format!("not deleted (interrupted) {image} in {}\n", region.region));
-        }
-    }
-    let s = &report.summary;
-    let kept: Vec<String> = s.kept.iter().map(|(reason, n)| format!("{} {n}", reason.label())).collect();
-    out.push_str(&format!(
-        "{}: {} AMIs and {} snapshots {}; kept {} ({}); {} untagged AMIs never touched; {} errors\n",
-        if report.dry_run { "dry run" } else { "done" },
-        s.deleted,
-        s.snapshots_deleted,
-        if report.dry_run { "would be deleted" } else { "deleted" },
-        s.kept.values().sum::<usize>(),
-        if kept.is_empty() { "none".to_string() } else { kept.join(", ") },
-        s.not_factory,
-        s.errors,
-    ));
-    if report.dry_run && s.deleted > 0 {
-        out.push_str("nothing was changed: run again with --yes to delete them\n");
     }
     out
 }
@@ -154,7 +179,8 @@ mod tests {
     use super::*;
     use crate::{
         clean_old_amis::{
-            select::{select, snapshots_to_delete, Policy},
+            select::{select, Policy},
+            snapshots::snapshots_to_delete,
             testing::{factory, policy, NOW},
         },
         project,
@@ -176,6 +202,7 @@ mod tests {
             deregistered: Vec::new(),
             not_started: Vec::new(),
             snapshots: snapshots.into_iter().map(SnapshotOf::from).collect(),
+            orphan_snapshots: vec![("snap-orphan".to_string(), "ami-gone".to_string()).into()],
             errors: Vec::new(),
         }];
         let report = Report {
@@ -197,7 +224,8 @@ mod tests {
             us-east-1  ami-mid    base/hvm/x86_64/us-east-1  2026-11-05T00:28:29Z  keep          in-ami-list: base/us-east-1/hvm
             us-east-1  ami-old    base/hvm/x86_64/us-east-1  2026-10-26T00:28:29Z  would delete  older than 7d, not among the newest 2, nothing else keeps it
             would delete snapshot snap-ami-old of ami-old in us-east-1
-            dry run: 1 AMIs and 1 snapshots would be deleted; kept 3 (in-ami-list 1, young 1, newest 1); 1 untagged AMIs never touched; 0 errors
+            would delete orphan snapshot snap-orphan of ami-gone (gone) in us-east-1
+            dry run: 1 AMIs, 1 of their snapshots and 1 orphan snapshots would be deleted; kept 3 (in-ami-list 1, young 1, newest 1); 1 AMIs not the factory's never touched; 0 errors
             nothing was changed: run again with --yes to delete them
         "#]]
         .assert_eq(&render(&report));

@@ -6,12 +6,13 @@ use serde::Serialize;
 
 use super::age::format_duration;
 use crate::{
-    aws::{ImageWithSnapshots, InstanceImage, TemplateImage},
-    factory::{ARCH_TAG, IMAGE_TAG, MANAGED_BY, VIRT_TAG},
+    aws::{ImageWithSnapshots, InstanceImage, LaunchConfigurationImage, LaunchPermission, TemplateImage},
+    factory::{self, Stamp},
     project,
 };
 
-/// AMI ID -> who needs it: ami-list files, instances, launch template versions.
+/// AMI ID -> who needs it: ami-list files, instances, launch templates and
+/// launch configurations.
 pub(crate) type Needed = BTreeMap<String, Vec<String>>;
 
 /// One image as the selection sees it: the facts, no client.
@@ -21,7 +22,10 @@ pub(crate) struct Ami {
     pub(crate) region: String,
     pub(crate) name: String,
     pub(crate) state: String,
+    /// EC2's `Public` flag, or a launch permission for group `all`.
     pub(crate) public: bool,
+    /// Accounts, organizations and OUs it is shared with by launch permission.
+    pub(crate) shared_with: Vec<String>,
     /// Seconds since the epoch; `None` when EC2's date did not parse.
     pub(crate) created: Option<u64>,
     pub(crate) tags: BTreeMap<String, String>,
@@ -37,19 +41,47 @@ impl Ami {
             name: i.name.clone(),
             state: i.state.clone(),
             public: i.public,
+            shared_with: Vec::new(),
             created: project::parse_time(&i.creation_date).ok(),
             tags: i.tags().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             snapshots: image.snapshot_ids(),
         }
     }
 
-    /// `image/virt/arch/region` if the AMI carries every factory tag.
+    /// Who made it, if the factory did: the full tag set and the factory's name.
+    pub(crate) fn stamp(&self) -> Result<Stamp, String> {
+        factory::check_ami(&self.name, &self.tags)
+    }
+
+    /// `image/virt/arch/region` if the factory made it.
     pub(crate) fn family(&self) -> Option<String> {
-        if self.tags.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
-            return None;
+        self.stamp().ok().map(|stamp| stamp.family(&self.region))
+    }
+
+    /// Adds what its `launchPermission` attribute says.
+    ///
+    /// `Group: all` counts as public, as EC2's own flag does: the seed
+    /// published every AMI (`--public`), and anyone may have launched it or
+    /// written its ID into their own templates, where this account cannot
+    /// see. So it stays like an AMI in use, unless `--include-public` says
+    /// otherwise. Accounts, organizations and OUs are named users: they stay
+    /// with no flag to override, until someone removes the permission.
+    pub(crate) fn add_launch_permissions(&mut self, permissions: &[LaunchPermission]) {
+        for p in permissions {
+            if p.group.as_deref() == Some("all") {
+                self.public = true;
+            }
+            let named = [
+                ("account", &p.user_id),
+                ("organization", &p.organization_arn),
+                ("organizational unit", &p.organizational_unit_arn),
+            ];
+            for (what, id) in named {
+                if let Some(id) = id {
+                    self.shared_with.push(format!("{what} {id}"));
+                }
+            }
         }
-        let tag = |key| self.tags.get(key).filter(|v| !v.is_empty());
-        Some(format!("{}/{}/{}/{}", tag(IMAGE_TAG)?, tag(VIRT_TAG)?, tag(ARCH_TAG)?, self.region))
     }
 }
 
@@ -71,13 +103,17 @@ pub(crate) struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Reason {
-    /// Lacks the factory's tags: never a candidate.
+    /// Not the factory's (see `factory::check_ami`): never a candidate.
     NotFactory,
     InAmiList,
     Public,
+    /// Shared with an account, organization or OU by launch permission.
+    Shared,
     InUse,
     /// Still being made (state pending or transient).
     Pending,
+    /// Someone disabled it: a person's decision, not the factory's.
+    Disabled,
     Young,
     Newest,
 }
@@ -88,8 +124,10 @@ impl Reason {
             Reason::NotFactory => "not-factory",
             Reason::InAmiList => "in-ami-list",
             Reason::Public => "public",
+            Reason::Shared => "shared",
             Reason::InUse => "in-use",
             Reason::Pending => "pending",
+            Reason::Disabled => "disabled",
             Reason::Young => "young",
             Reason::Newest => "newest",
         }
@@ -107,7 +145,7 @@ pub(crate) struct Decision {
     pub(crate) image_id: String,
     pub(crate) region: String,
     pub(crate) name: String,
-    /// `image/virt/arch/region`, or empty when the AMI lacks the factory's tags.
+    /// `image/virt/arch/region`, or empty when the factory did not make it.
     pub(crate) family: String,
     pub(crate) created: String,
     pub(crate) delete: bool,
@@ -139,42 +177,16 @@ pub(crate) fn select(images: &[Ami], in_use: &Needed, policy: &Policy) -> Vec<De
             rank.insert(ami.id.as_str(), (i + 1, members.len()));
         }
     }
-
     let mut decisions: Vec<Decision> = images
         .iter()
         .map(|ami| {
             let family = ami.family();
-            let mut why = Vec::new();
-            let mut keep = |reason, detail: String| why.push(Why { reason, detail });
-            match &family {
-                None => keep(Reason::NotFactory, "lacks the factory's tags".to_string()),
-                Some(family) => {
-                    if let Some(files) = policy.ami_list.get(&ami.id) {
-                        keep(Reason::InAmiList, files.join(", "));
-                    }
-                    if ami.public && !policy.include_public {
-                        keep(Reason::Public, "launchable by everyone".to_string());
-                    }
-                    if let Some(users) = in_use.get(&ami.id).filter(|_| !policy.include_in_use) {
-                        keep(Reason::InUse, users.join(", "));
-                    }
-                    if ["pending", "transient"].contains(&ami.state.as_str()) {
-                        keep(Reason::Pending, format!("{}: still being made", ami.state));
-                    }
-                    match ami.created {
-                        None => keep(Reason::Young, "creation date unknown".to_string()),
-                        Some(created) if policy.now.saturating_sub(created) < policy.min_age_secs => {
-                            let age = format_duration(policy.now.saturating_sub(created));
-                            keep(Reason::Young, format!("{age} old, under the minimum age"));
-                        }
-                        Some(_) => {}
-                    }
-                    if let Some(&(n, of)) = rank.get(ami.id.as_str()).filter(|(n, _)| *n <= policy.keep) {
-                        keep(Reason::Newest, format!("#{n} of {of} in {family}"));
-                    }
+            let why = match (&family, ami.stamp()) {
+                (Some(family), _) => reasons(ami, family, rank.get(ami.id.as_str()).copied(), in_use, policy),
+                (None, stamp) => {
+                    vec![Why { reason: Reason::NotFactory, detail: stamp.err().unwrap_or_default() }]
                 }
-            }
-            why.sort_by_key(|w| w.reason);
+            };
             Decision {
                 image_id: ami.id.clone(),
                 region: ami.region.clone(),
@@ -193,13 +205,55 @@ pub(crate) fn select(images: &[Ami], in_use: &Needed, policy: &Policy) -> Vec<De
     decisions
 }
 
+/// Every reason a factory AMI stays, in the order they count; empty: it goes.
+fn reasons(ami: &Ami, family: &str, rank: Option<(usize, usize)>, in_use: &Needed, policy: &Policy) -> Vec<Why> {
+    let mut why = Vec::new();
+    let mut keep = |reason, detail: String| why.push(Why { reason, detail });
+    if let Some(files) = policy.ami_list.get(&ami.id) {
+        keep(Reason::InAmiList, files.join(", "));
+    }
+    if ami.public && !policy.include_public {
+        keep(Reason::Public, "launchable by everyone".to_string());
+    }
+    if !ami.shared_with.is_empty() {
+        keep(Reason::Shared, format!("launch permission for {}", ami.shared_with.join(", ")));
+    }
+    if let Some(users) = in_use.get(&ami.id).filter(|_| !policy.include_in_use) {
+        keep(Reason::InUse, users.join(", "));
+    }
+    if ["pending", "transient"].contains(&ami.state.as_str()) {
+        keep(Reason::Pending, format!("{}: still being made", ami.state));
+    }
+    if ami.state == "disabled" {
+        keep(Reason::Disabled, "enable it to let the cleanup judge it, or deregister it by hand".to_string());
+    }
+    match ami.created {
+        None => keep(Reason::Young, "creation date unknown".to_string()),
+        Some(created) if policy.now.saturating_sub(created) < policy.min_age_secs => {
+            let age = format_duration(policy.now.saturating_sub(created));
+            keep(Reason::Young, format!("{age} old, under the minimum age"));
+        }
+        Some(_) => {}
+    }
+    if let Some((n, of)) = rank.filter(|(n, _)| *n <= policy.keep) {
+        keep(Reason::Newest, format!("#{n} of {of} in {family}"));
+    }
+    why.sort_by_key(|w| w.reason);
+    why
+}
+
 fn is_available(ami: &Ami) -> bool {
     ami.state.is_empty() || ami.state == "available"
 }
 
-/// The images each AMI is kept for: instances that are not terminated, and
-/// the default and latest versions of launch templates. Pure.
-pub(crate) fn usage(instances: &[InstanceImage], templates: &[TemplateImage]) -> Needed {
+/// The images each AMI is kept for: instances that are not terminated, the
+/// default and latest versions of launch templates, and Auto Scaling launch
+/// configurations (which cannot change: each one names its image for good). Pure.
+pub(crate) fn usage(
+    instances: &[InstanceImage],
+    templates: &[TemplateImage],
+    configurations: &[LaunchConfigurationImage],
+) -> Needed {
     let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for instance in instances.iter().filter(|i| i.state != "terminated") {
         users
@@ -215,32 +269,22 @@ pub(crate) fn usage(instances: &[InstanceImage], templates: &[TemplateImage]) ->
             .or_default()
             .insert(format!("launch template {} v{} ({which})", version.template_name, version.version));
     }
+    for configuration in configurations {
+        users
+            .entry(configuration.image_id.clone())
+            .or_default()
+            .insert(format!("launch configuration {}", configuration.launch_configuration_name));
+    }
     users.into_iter().map(|(image, set)| (image, set.into_iter().collect())).collect()
-}
-
-/// The snapshots of `deleted` images that no remaining image uses, each with
-/// the image it belonged to. Pure.
-pub(crate) fn snapshots_to_delete(images: &[Ami], deleted: &BTreeSet<String>) -> Vec<(String, String)> {
-    let still_used: BTreeSet<&str> = images
-        .iter()
-        .filter(|ami| !deleted.contains(&ami.id))
-        .flat_map(|ami| ami.snapshots.iter().map(String::as_str))
-        .collect();
-    let mut out: Vec<(String, String)> = images
-        .iter()
-        .filter(|ami| deleted.contains(&ami.id))
-        .flat_map(|ami| ami.snapshots.iter().map(move |snap| (snap.clone(), ami.id.clone())))
-        .filter(|(snap, _)| !still_used.contains(snap.as_str()))
-        .collect();
-    out.sort();
-    out.dedup_by(|a, b| a.0 == b.0);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clean_old_amis::testing::{factory, fixture, policy, DAY, NOW};
+    use crate::{
+        clean_old_amis::testing::{factory, fixture, policy, set_family, DAY, NOW},
+        factory::{ARCH_TAG, CREATED_AT_TAG, IMAGE_TAG, MANAGED_BY},
+    };
 
     /// Image ID -> its first reason to stay, or "delete".
     fn outcome(
@@ -272,9 +316,9 @@ mod tests {
         let mut images = vec![factory("old", 30), factory("mid", 20), factory("new", 10)];
         type Change = fn(&mut Ami);
         let variants: [(&str, Change); 4] = [
-            ("image", |a| drop(a.tags.insert(IMAGE_TAG.into(), "spark-3.5.3".into()))),
-            ("virt", |a| drop(a.tags.insert(VIRT_TAG.into(), "pv".into()))),
-            ("arch", |a| drop(a.tags.insert(ARCH_TAG.into(), "arm64".into()))),
+            ("image", |a| set_family(a, "spark-3.5.3", "hvm", "x86_64")),
+            ("virt", |a| set_family(a, "base", "pv", "x86_64")),
+            ("arch", |a| set_family(a, "base", "hvm", "arm64")),
             ("region", |a| a.region = "eu-west-1".into()),
         ];
         for (name, change) in variants {
@@ -317,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn untagged_or_partly_tagged_amis_are_never_candidates() {
+    fn amis_the_factory_did_not_make_are_never_candidates() {
         let mut untagged = factory("untagged", 400);
         untagged.tags.clear();
         let mut other_owner_tag = factory("other-factory", 400);
@@ -326,12 +370,78 @@ mod tests {
         no_arch.tags.remove(ARCH_TAG);
         let mut empty_image = factory("empty-image", 400);
         empty_image.tags.insert(IMAGE_TAG.into(), String::new());
-        let images = [untagged, other_owner_tag, no_arch, empty_image, factory("n1", 9), factory("n2", 8)];
-        let got =
-            outcome(&images, &BTreeMap::new(), &Policy { include_in_use: true, include_public: true, ..policy() });
-        for id in ["untagged", "other-factory", "no-arch", "empty-image"] {
-            assert_eq!(got[id], "not-factory", "{id}");
+        // Repro 3: made by hand, tagged only managed-by=spark-packer.
+        let mut managed_by_only = factory("managed-by-only", 400);
+        managed_by_only.tags = BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())]);
+        let mut renamed = factory("renamed", 400);
+        renamed.name = "my-copy-of-base".into();
+        let mut bad_created_at = factory("bad-created-at", 400);
+        bad_created_at.tags.insert(CREATED_AT_TAG.into(), "last tuesday".into());
+        let images = [
+            untagged,
+            other_owner_tag,
+            no_arch,
+            empty_image,
+            managed_by_only,
+            renamed,
+            bad_created_at,
+            factory("n1", 9),
+            factory("n2", 8),
+        ];
+        let lax = Policy { include_in_use: true, include_public: true, keep: 1, min_age_secs: 0, ..policy() };
+        let decisions = select(&images, &BTreeMap::new(), &lax);
+        for d in decisions.iter().filter(|d| !d.image_id.starts_with('n')) {
+            assert!(!d.delete, "{}", d.image_id);
+            assert_eq!(d.kept_because.len(), 1, "{d:?}");
+            assert_eq!(d.kept_because[0].reason, Reason::NotFactory, "{d:?}");
+            assert_eq!(d.family, "", "{d:?}");
         }
+        let managed_by_only = decisions.iter().find(|d| d.image_id == "managed-by-only").unwrap();
+        assert!(managed_by_only.kept_because[0].detail.contains("no spark-packer:run-id tag"), "{managed_by_only:?}");
+        let got = outcome(&images, &BTreeMap::new(), &lax);
+        assert_eq!((got["n1"], got["n2"]), ("delete", "newest"), "the factory's own still go");
+    }
+
+    #[test]
+    fn shared_amis_are_kept_and_group_all_counts_as_public() {
+        let permission = |json: &str| crate::aws::parse_launch_permissions(json).unwrap();
+        let mut shared = factory("shared", 90);
+        shared.add_launch_permissions(&permission(r#"{"LaunchPermissions": [{"UserId": "111122223333"}]}"#));
+        let mut org = factory("org", 90);
+        org.add_launch_permissions(&permission(
+            r#"{"LaunchPermissions": [{"OrganizationArn": "arn:aws:organizations::1:organization/o-1"},
+                {"OrganizationalUnitArn": "arn:aws:organizations::1:ou/o-1/ou-1"}]}"#,
+        ));
+        let mut group_all = factory("group-all", 90);
+        group_all.add_launch_permissions(&permission(r#"{"LaunchPermissions": [{"Group": "all"}]}"#));
+        let mut nobody = factory("nobody", 90);
+        nobody.add_launch_permissions(&permission(r#"{"LaunchPermissions": []}"#));
+        let images = [shared, org, group_all, nobody, factory("n1", 9), factory("n2", 8)];
+        let decisions = select(&images, &BTreeMap::new(), &policy());
+        let why = |id: &str| decisions.iter().find(|d| d.image_id == id).unwrap().kept_because.clone();
+        assert_eq!(
+            why("shared"),
+            vec![Why { reason: Reason::Shared, detail: "launch permission for account 111122223333".into() }]
+        );
+        assert_eq!(
+            why("org")[0].detail,
+            "launch permission for organization arn:aws:organizations::1:organization/o-1, \
+             organizational unit arn:aws:organizations::1:ou/o-1/ou-1"
+        );
+        assert_eq!(why("group-all")[0].reason, Reason::Public);
+        assert_eq!(why("nobody"), vec![]);
+        // Neither flag lets a shared AMI go; --include-public lets a public one go.
+        let everything = Policy { include_in_use: true, include_public: true, ..policy() };
+        let got = outcome(&images, &BTreeMap::new(), &everything);
+        assert_eq!((got["shared"], got["org"], got["group-all"]), ("shared", "shared", "delete"));
+    }
+
+    #[test]
+    fn disabled_amis_are_kept() {
+        let mut disabled = factory("disabled", 90);
+        disabled.state = "disabled".into();
+        let got = outcome(&[disabled, factory("n1", 9), factory("n2", 8)], &BTreeMap::new(), &policy());
+        assert_eq!(got["disabled"], "disabled");
     }
 
     #[test]
@@ -410,16 +520,20 @@ mod tests {
     fn every_reason_is_listed_and_the_first_one_counts() {
         let mut all = factory("all", 1);
         all.public = true;
+        all.shared_with = vec!["account 111122223333".into()];
         let in_use = BTreeMap::from([("all".to_string(), vec!["launch template lt v2 (latest)".to_string()])]);
         let policy =
             Policy { ami_list: BTreeMap::from([("all".into(), vec!["base/us-east-1/hvm".into()])]), ..policy() };
         let decision = select(&[all], &in_use, &policy).remove(0);
         let reasons: Vec<Reason> = decision.kept_because.iter().map(|w| w.reason).collect();
-        assert_eq!(reasons, [Reason::InAmiList, Reason::Public, Reason::InUse, Reason::Young, Reason::Newest]);
+        assert_eq!(
+            reasons,
+            [Reason::InAmiList, Reason::Public, Reason::Shared, Reason::InUse, Reason::Young, Reason::Newest]
+        );
     }
 
     #[test]
-    fn usage_counts_live_instances_and_default_or_latest_templates() {
+    fn usage_counts_live_instances_latest_templates_and_launch_configurations() {
         let instance = |id: &str, image: &str, state: &str| InstanceImage {
             instance_id: id.into(),
             image_id: image.into(),
@@ -438,37 +552,20 @@ mod tests {
                 instance("i-3", "ami-dead", "terminated"),
             ],
             &[template(2, true, "ami-default"), template(3, false, "ami-latest")],
+            &[LaunchConfigurationImage {
+                launch_configuration_name: "old-workers".into(),
+                image_id: "ami-configured".into(),
+            }],
         );
         assert_eq!(
             used,
             BTreeMap::from([
+                ("ami-configured".to_string(), vec!["launch configuration old-workers".to_string()]),
                 ("ami-default".to_string(), vec!["launch template workers v2 (default)".to_string()]),
                 ("ami-latest".to_string(), vec!["launch template workers v3 (latest)".to_string()]),
                 ("ami-run".to_string(), vec!["instance i-1 (running)".to_string()]),
                 ("ami-stop".to_string(), vec!["instance i-2 (stopped)".to_string()]),
             ])
-        );
-    }
-
-    #[test]
-    fn snapshots_go_only_when_no_remaining_image_uses_them() {
-        let mut shared_a = factory("a", 30);
-        shared_a.snapshots = vec!["snap-own-a".into(), "snap-shared".into()];
-        let mut shared_b = factory("b", 30);
-        shared_b.snapshots = vec!["snap-shared".into()];
-        let mut foreign = factory("foreign", 30);
-        foreign.tags.clear();
-        foreign.snapshots = vec!["snap-foreign".into(), "snap-c-and-foreign".into()];
-        let mut c = factory("c", 30);
-        c.snapshots = vec!["snap-c-and-foreign".into()];
-        let images = [shared_a, shared_b, foreign, c];
-        let only_a = snapshots_to_delete(&images, &BTreeSet::from(["a".to_string()]));
-        assert_eq!(only_a, vec![("snap-own-a".to_string(), "a".to_string())]);
-        let both = snapshots_to_delete(&images, &BTreeSet::from(["a".to_string(), "b".to_string(), "c".to_string()]));
-        assert_eq!(
-            both,
-            vec![("snap-own-a".to_string(), "a".to_string()), ("snap-shared".to_string(), "a".to_string())],
-            "a snapshot that an untagged image uses stays"
         );
     }
 
@@ -488,7 +585,7 @@ mod tests {
                     true,
                     Some(project::parse_time("2026-11-25T12:03:31Z").unwrap()),
                     &["snap-8cb44c8159a33af0a".to_string()][..],
-                    Some("base/hvm/x86_64/us-east-1".to_string())
+                    None // four tags and the name "foo": not the factory's
                 ),
                 (
                     "ami-cda23b038324d4d1f",
@@ -504,7 +601,11 @@ mod tests {
         let templates =
             crate::aws::parse_template_images(&fixture("clean-moto-5.2.1-describe-launch-template-versions.json"))
                 .unwrap();
-        let used = usage(&instances, &templates);
+        let configurations = crate::aws::parse_launch_configuration_images(&fixture(
+            "clean-moto-5.2.1-describe-launch-configurations.json",
+        ))
+        .unwrap();
+        let used = usage(&instances, &templates, &configurations);
         assert_eq!(
             used,
             BTreeMap::from([
@@ -515,9 +616,36 @@ mod tests {
                         "launch template lt1 v1 (default)".to_string()
                     ]
                 ),
+                ("ami-bf62202cd7c06295e".to_string(), vec!["launch configuration lc1".to_string()]),
                 ("ami-cda23b038324d4d1f".to_string(), vec!["launch template lt1 v2 (latest)".to_string()]),
             ]),
             "the terminated instance of ami-cda23b038324d4d1f does not count"
+        );
+    }
+
+    #[test]
+    fn parses_recorded_moto_output_of_a_factory_build() {
+        // Recorded against moto 5.2.1: a --no-provision build-amis run
+        // (ami-75aa689cfad8de2ab), a CreateImage by hand, a register-image.
+        let images =
+            crate::aws::parse_images_with_snapshots(&fixture("clean-moto-5.2.1-describe-images-built.json")).unwrap();
+        let mut amis: Vec<Ami> = images.iter().map(|i| Ami::from_aws("us-east-1", i)).collect();
+        let families: Vec<(&str, Option<String>)> = amis.iter().map(|a| (a.id.as_str(), a.family())).collect();
+        assert_eq!(
+            families,
+            vec![
+                ("ami-bf62202cd7c06295e", None),
+                ("ami-565afe8348f1ccda9", None),
+                ("ami-75aa689cfad8de2ab", Some("base/hvm/x86_64/us-east-1".to_string())),
+            ]
+        );
+        let permissions =
+            crate::aws::parse_launch_permissions(&fixture("clean-moto-5.2.1-describe-image-attribute.json")).unwrap();
+        amis[2].add_launch_permissions(&permissions);
+        assert!(amis[2].public);
+        assert_eq!(
+            amis[2].shared_with,
+            ["account 111122223333", "organization arn:aws:organizations::123456789012:organization/o-abc"]
         );
     }
 }
