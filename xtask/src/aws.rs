@@ -114,7 +114,7 @@ impl Aws {
 
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
     pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
-        self.own_images(sh, region, &["Name=tag:managed-by,Values=spark-packer".to_string()])
+        self.own_images(sh, region, &[format!("Name=tag:{},Values={}", MANAGED_BY.0, MANAGED_BY.1)])
     }
 
     /// Counts instance launches by state, e.g. {"running": 2, "terminated": 4}.
