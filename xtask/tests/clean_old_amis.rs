@@ -638,12 +638,9 @@ fn repro_3b_an_old_factory_ami_in_a_launch_configuration_is_kept() {
     let ami_list = scratch("launch-configuration").join("ami-list");
     let runs = build_base(&ec2, &ami_list, EAST, 3);
     let [configured, superseded, newest] = [0, 1, 2].map(|run| runs[run][EAST].clone());
-    let args = ["--launch-configuration-name", "old-workers", "--instance-type", "t3.micro", "--image-id"];
-    ec2.call_service(
-        "autoscaling",
-        EAST,
-        &["create-launch-configuration"].iter().chain(&args).copied().chain([configured.as_str()]).collect::<Vec<_>>(),
-    );
+    let name = ["create-launch-configuration", "--launch-configuration-name", "old-workers"];
+    let launch = ["--instance-type", "t3.micro", "--image-id", &configured];
+    ec2.call_service("autoscaling", EAST, &[&name[..], &launch[..]].concat());
 
     let report = succeeded(&clean(&ec2, &ami_list, &ACT));
     let want = [(&configured, "in-use"), (&superseded, "delete"), (&newest, "in-ami-list+newest")];
