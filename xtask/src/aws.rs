@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
+use crate::factory::MANAGED_BY;
+
 #[derive(Debug, Clone)]
 pub struct Aws {
     /// The `aws` program: the sandbox's venv copy, or the one on PATH.
@@ -69,11 +71,15 @@ impl Aws {
     }
 
     fn ec2(&self, sh: &Shell, region: &str, args: &[&str]) -> Result<String> {
+        self.call(sh, region, "ec2", args)
+    }
+
+    fn call(&self, sh: &Shell, region: &str, service: &str, args: &[&str]) -> Result<String> {
         let program = &self.program;
         let endpoint: Vec<String> =
             self.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
         let mut command: std::process::Command =
-            cmd!(sh, "{program} {endpoint...} --region {region} --output json ec2 {args...}").quiet().into();
+            cmd!(sh, "{program} {endpoint...} --region {region} --output json {service} {args...}").quiet().into();
         // Its own process group: a terminal's Ctrl-C must not cut a call short
         // (a deregistration whose snapshots are still to go); we decide what stops.
         let output = command.process_group(0).stdin(std::process::Stdio::null()).output().with_context(|| {
@@ -81,7 +87,7 @@ impl Aws {
         })?;
         if !output.status.success() {
             bail!(
-                "aws ec2 {} in {region}: {}",
+                "aws {service} {} in {region}: {}",
                 args.first().unwrap_or(&""),
                 String::from_utf8_lossy(&output.stderr).trim()
             );
@@ -152,7 +158,7 @@ impl Aws {
 
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
     pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
-        self.own_images(sh, region, &["Name=tag:managed-by,Values=spark-packer".to_string()])
+        self.own_images(sh, region, &[format!("Name=tag:{},Values={}", MANAGED_BY.0, MANAGED_BY.1)])
     }
 
     /// Counts instance launches by state, e.g. {"running": 2, "terminated": 4}.
@@ -259,11 +265,107 @@ pub fn parse_template_images(json: &str) -> Result<Vec<TemplateImage>> {
         .collect())
 }
 
+/// Who besides the owner may launch an image: one entry of its
+/// `launchPermission` attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LaunchPermission {
+    /// `all` makes the image public.
+    pub group: Option<String>,
+    pub user_id: Option<String>,
+    pub organization_arn: Option<String>,
+    pub organizational_unit_arn: Option<String>,
+}
+
+pub fn parse_launch_permissions(json: &str) -> Result<Vec<LaunchPermission>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        #[serde(default)]
+        launch_permissions: Vec<LaunchPermission>,
+    }
+    Ok(serde_json::from_str::<Output>(json).context("parse describe-image-attribute output")?.launch_permissions)
+}
+
+/// The image an Auto Scaling launch configuration launches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LaunchConfigurationImage {
+    pub launch_configuration_name: String,
+    #[serde(default)]
+    pub image_id: String,
+}
+
+pub fn parse_launch_configuration_images(json: &str) -> Result<Vec<LaunchConfigurationImage>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        launch_configurations: Vec<LaunchConfigurationImage>,
+    }
+    Ok(serde_json::from_str::<Output>(json)
+        .context("parse describe-launch-configurations output")?
+        .launch_configurations)
+}
+
+/// An EBS snapshot: its tags, and the description EC2 wrote, which names the
+/// image it was made for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Snapshot {
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub start_time: String,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+impl Snapshot {
+    pub fn tags(&self) -> BTreeMap<&str, &str> {
+        self.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect()
+    }
+}
+
+pub fn parse_snapshots(json: &str) -> Result<Vec<Snapshot>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        snapshots: Vec<Snapshot>,
+    }
+    Ok(serde_json::from_str::<Output>(json).context("parse describe-snapshots output")?.snapshots)
+}
+
 // Calls for `clean-old-amis`.
 impl Aws {
-    /// Every image this account owns in `region`, tagged or not, with its snapshots.
+    /// Every image this account owns in `region`, tagged or not, with its
+    /// snapshots; disabled ones too, whose snapshots are still theirs.
     pub fn own_images_with_snapshots(&self, sh: &Shell, region: &str) -> Result<Vec<ImageWithSnapshots>> {
-        parse_images_with_snapshots(&self.ec2(sh, region, &["describe-images", "--owners", "self"])?)
+        let args = ["describe-images", "--owners", "self", "--include-disabled"];
+        parse_images_with_snapshots(&self.ec2(sh, region, &args)?)
+    }
+
+    /// Who may launch `image_id` besides its owner.
+    pub fn launch_permissions(&self, sh: &Shell, region: &str, image_id: &str) -> Result<Vec<LaunchPermission>> {
+        let args = ["describe-image-attribute", "--attribute", "launchPermission", "--image-id", image_id];
+        parse_launch_permissions(&self.ec2(sh, region, &args)?)
+    }
+
+    /// Every Auto Scaling launch configuration in `region` and its image.
+    pub fn launch_configuration_images(&self, sh: &Shell, region: &str) -> Result<Vec<LaunchConfigurationImage>> {
+        parse_launch_configuration_images(&self.call(sh, region, "autoscaling", &["describe-launch-configurations"])?)
+    }
+
+    /// The snapshots this account owns in `region` that carry `managed-by=spark-packer`.
+    pub fn factory_snapshots(&self, sh: &Shell, region: &str) -> Result<Vec<Snapshot>> {
+        let managed_by = format!("Name=tag:{},Values={}", MANAGED_BY.0, MANAGED_BY.1);
+        parse_snapshots(&self.ec2(
+            sh,
+            region,
+            &["describe-snapshots", "--owner-ids", "self", "--filters", &managed_by],
+        )?)
     }
 
     /// Every instance in `region`, whatever its state, and the image it runs.

@@ -8,6 +8,7 @@ pub mod build_amis;
 pub mod checks;
 pub mod clean_old_amis;
 pub mod endpoint;
+pub mod factory;
 pub mod interrupt;
 pub mod local;
 pub mod lock;

@@ -5,6 +5,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 /// The repository root, from this crate's manifest, so the xtask works from
@@ -74,6 +75,44 @@ pub fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// RFC 3339 as EC2 writes it (`2026-11-25T12:03:31.000Z`, or with an offset)
+/// -> seconds since the epoch.
+pub fn parse_time(text: &str) -> Result<u64> {
+    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z");
+    let (date, time) = text.split_once(['T', 't']).with_context(bad)?;
+    let (time, offset_secs) = if let Some(t) = time.strip_suffix(['Z', 'z']) {
+        (t, 0i64)
+    } else {
+        let at = time.rfind(['+', '-']).with_context(bad)?;
+        let (t, offset) = time.split_at(at);
+        let (h, m) = offset[1..].split_once(':').with_context(bad)?;
+        let secs =
+            h.parse::<i64>().ok().zip(m.parse::<i64>().ok()).map(|(h, m)| h * 3600 + m * 60).with_context(bad)?;
+        (t, if offset.starts_with('-') { -secs } else { secs })
+    };
+    let numbers = |s: &str, sep| -> Option<Vec<i64>> { s.split(sep).map(|n| n.parse().ok()).collect() };
+    let ymd = numbers(date, '-').filter(|v| v.len() == 3).with_context(bad)?;
+    let whole_secs = time.split('.').next().unwrap_or(time);
+    let hms = numbers(whole_secs, ':').filter(|v| v.len() == 3).with_context(bad)?;
+    let (month, day) = (ymd[1], ymd[2]);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
+        bail!(bad());
+    }
+    let secs = days_from_civil(ymd[0], month, day) * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2] - offset_secs;
+    u64::try_from(secs).ok().with_context(bad)
+}
+
+/// Howard Hinnant's days-from-civil: the inverse of `utc`.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -102,5 +141,20 @@ mod tests {
     fn root_holds_the_workspace() {
         assert!(root().join("Cargo.toml").is_file());
         assert!(matrix_file().is_file());
+    }
+
+    #[test]
+    fn times_as_ec2_writes_them() {
+        assert_eq!(parse_time("2026-11-25T00:28:29.000Z").unwrap(), 1_795_566_509);
+        assert_eq!(parse_time("2026-11-25T00:28:29Z").unwrap(), 1_795_566_509);
+        assert_eq!(parse_time("2026-11-25T01:28:29+01:00").unwrap(), 1_795_566_509);
+        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(parse_time("2000-02-29T00:00:00Z").unwrap(), 951_782_400);
+        for secs in [0, 951_782_400, 1_795_566_509, 4_102_444_800] {
+            assert_eq!(parse_time(&rfc3339(secs)).unwrap(), secs, "round trip");
+        }
+        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T25:00:00Z", "yesterday"] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     aws::{Aws, Image},
     checks::{self, Entry, ExpectedCells, Problem, Recorded},
     endpoint::EndpointArgs,
+    factory::{self, IMAGE_TAG, MANAGED_BY},
     matrix::{Filters, Strategy},
     packer,
     project::{self, display},
@@ -432,25 +433,24 @@ pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str
         Some((virt, arch)) => (virt, arch),
         None => (recorded.slot.as_str(), "x86_64"),
     };
-    let expected_virtualization = if virt == "pv" { "paravirtual" } else { "hvm" };
-    if image.virtualization_type != expected_virtualization {
+    let found_virt = factory::virt_name(&image.virtualization_type);
+    if found_virt != virt {
         problems.push(format!(
-            "{id} is {} but its file says {virt}: it belongs in the {} file",
-            image.virtualization_type,
-            if image.virtualization_type == "paravirtual" { "pv" } else { "hvm" }
+            "{id} is {} but its file says {virt}: it belongs in the {found_virt} file",
+            image.virtualization_type
         ));
     }
     if image.architecture != arch {
         problems.push(format!("{id} is {} but its file says {arch}", image.architecture));
     }
     let tags = image.tags();
-    if tags.get("managed-by") != Some(&"spark-packer") {
+    if tags.get(MANAGED_BY.0) != Some(&MANAGED_BY.1) {
         problems
             .push(format!("{id} lacks the factory's tag managed-by=spark-packer: it was not built by spark-packer"));
-    } else if tags.get("spark-packer:image") != Some(&recorded.image.as_str()) {
+    } else if tags.get(IMAGE_TAG) != Some(&recorded.image.as_str()) {
         problems.push(format!(
             "{id} is tagged as image `{}` but recorded under `{}`",
-            tags.get("spark-packer:image").unwrap_or(&"(none)"),
+            tags.get(IMAGE_TAG).unwrap_or(&"(none)"),
             recorded.image
         ));
     }

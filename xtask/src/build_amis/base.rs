@@ -8,7 +8,7 @@ use xshell::Shell;
 
 use crate::{
     ami_list::{self, Cell},
-    aws,
+    aws, factory,
     matrix::{Build, BASE_IMAGE},
     project::display,
     run_report::{BuildResult, Status},
@@ -106,24 +106,9 @@ pub(super) fn resolve(
 }
 
 /// The base AMI must be the factory's, available, and of the Spark build's
-/// virtualization and architecture.
+/// virtualization and architecture (the rule lives in `factory`).
 pub(crate) fn check_base_image(image: &aws::Image, spark: &Build) -> Result<()> {
-    let tags = image.tags();
-    let virt = if image.virtualization_type == "paravirtual" { "pv" } else { image.virtualization_type.as_str() };
-    let problem = if tags.get("managed-by") != Some(&"spark-packer") {
-        "it is not tagged managed-by=spark-packer".to_string()
-    } else if tags.get("spark-packer:image") != Some(&BASE_IMAGE) {
-        format!("it is tagged as image {:?}, not {BASE_IMAGE}", tags.get("spark-packer:image").unwrap_or(&""))
-    } else if image.state != "available" {
-        format!("it is {}, not available", image.state)
-    } else if virt != spark.virt || image.architecture != spark.arch {
-        format!("it is {virt} {}, but {} is {} {}", image.architecture, spark.name, spark.virt, spark.arch)
-    } else if image.name.is_empty() {
-        "it has no name for Packer's source filter".to_string()
-    } else {
-        return Ok(());
-    };
-    bail!("{problem}: build base again, or fix the ami-list record")
+    factory::check_base_image(image, &spark.virt, &spark.arch, &spark.name).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -9,10 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::matrix::Build;
 
-/// The AMI tag holding the hash.
-pub(crate) const INPUTS_TAG: &str = "spark-packer:inputs";
-/// The AMI tag holding `name=digest` of each input (at most 256 characters).
-pub(crate) const DIGESTS_TAG: &str = "spark-packer:input-digests";
+pub(crate) use crate::factory::{INPUTS_TAG, INPUT_DIGESTS_TAG as DIGESTS_TAG};
 
 /// One build's inputs: name -> full SHA-256 (files, the cell) or an ID
 /// (`source`, `base`).
