@@ -8,7 +8,8 @@ use xtask::{bench, build_amis, clean_old_amis, project, validate};
 /// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
 ///
 /// New here? `cargo xtask build-amis --local --preset seed-2014` builds the
-/// 2014 matrix against a local EC2 emulator, with no AWS account.
+/// 2014 matrix against a local EC2 emulator, with no AWS account. README.md
+/// says more; every command has --help with an example.
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
 struct Cli {

@@ -146,7 +146,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         let connection = args.endpoint.connect(sh)?;
         let public = matrix.as_ref().and_then(|m| m.preset(&args.preset).ok()).is_some_and(|p| p.public);
         report.problems.extend(check_online(sh, &connection.aws, &recorded, public));
-        report.checked.insert("AMIs checked online", recorded.len());
+        report.checked.insert("AMIs in EC2", recorded.len());
     }
 
     report.problems.sort();

@@ -177,9 +177,13 @@ fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
     assert!(!output.status.success(), "a corrupted tarball must fail the run:\n{stdout}\n{stderr}");
     assert!(stderr.contains("1 of 2 builds failed"), "{stderr}");
 
+    // One row per build, then each failure's first error line with its log.
     let spark_row =
-        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(spark_row.contains("FAILED") && spark_row.contains("checksum mismatch"), "summary: {stdout}");
+        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64 ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(spark_row.contains("FAILED"), "summary: {stdout}");
+    let spark_error =
+        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64: ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(spark_error.contains("checksum mismatch") && spark_error.contains("(log: "), "summary: {stdout}");
     let report = saved_report(&stdout);
     let spark = build(&report, "spark-3.5.3-hvm-x86_64");
     assert_eq!(spark["status"], "failed");

@@ -138,6 +138,10 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// In the summary, one row per AMI (every region's ID) instead of one per build.
+    #[arg(long)]
+    pub wide: bool,
+
     /// Print every Packer step of every build as it happens.
     #[arg(long, short)]
     pub verbose: bool,
@@ -159,6 +163,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     if let Some(holder) = &lock.stale {
         eprintln!("note: took over the lock {} left by {holder}, which is no longer running", display(&lock.path));
     }
+    site::install_sandbox_tools(sh, &args.endpoint)?;
     let version = packer::check_installed_cached(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let request =
@@ -212,7 +217,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     };
     drop(run);
     drop(site);
-    let finished = report::finish(&report, args.json);
+    let finished = report::finish(&report, args.json, args.wide);
     drop(lock);
     finished
 }

@@ -9,12 +9,12 @@ use crate::{
 
 /// Saves the report, prints it (a table, or JSON), and fails the run if any
 /// build failed or was interrupted, naming what to do next.
-pub(super) fn finish(report: &Report, json: bool) -> Result<()> {
+pub(super) fn finish(report: &Report, json: bool, wide: bool) -> Result<()> {
     let report_path = run_report::save(report)?;
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", summary_table(report));
+        print!("{}", summary_table(report, wide));
         println!("report: {}", display(&report_path));
     }
     let (failed, interrupted) = (report.count(Status::Failed), report.count(Status::Interrupted));
@@ -35,35 +35,60 @@ pub(super) fn finish(report: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One row per AMI: build, status, time, region, ID.
-pub(super) fn summary_table(report: &Report) -> String {
-    let mut rows = vec![["BUILD".to_string(), "STATUS".into(), "TIME".into(), "REGION".into(), "AMI".into()]];
-    for build in &report.builds {
-        let status = match build.status {
-            Status::Ok => "ok",
-            Status::Current => "current",
-            Status::Failed => "FAILED",
-            Status::Interrupted => "INTERRUPTED",
-        };
+/// One row per build (per AMI with `wide`), failures last with their error
+/// and log; then what the provisioners left out, and the totals.
+pub(super) fn summary_table(report: &Report, wide: bool) -> String {
+    let mut builds: Vec<&BuildResult> = report.builds.iter().collect();
+    // Failures last, where the eye ends; otherwise the plan's order.
+    builds.sort_by_key(|b| matches!(b.status, Status::Failed | Status::Interrupted));
+    let mut rows = vec![["BUILD".to_string(), "STATUS".into(), "TIME".into(), "AMIS".into(), String::new()]];
+    if wide {
+        rows[0][3] = "REGION".into();
+        rows[0][4] = "AMI".into();
+    }
+    for build in &builds {
+        let status = status_word(build.status).to_string();
         let time = format!("{:.1}s", build.seconds);
-        if build.amis.is_empty() {
-            let error = build.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
-            rows.push([build.name.clone(), status.into(), time.clone(), "-".into(), error.to_string()]);
+        if !wide || build.amis.is_empty() {
+            rows.push([build.name.clone(), status, time, build.amis.len().to_string(), String::new()]);
+            continue;
         }
         for (i, (region, ami)) in build.amis.iter().enumerate() {
-            let first = i == 0;
-            rows.push([
-                if first { build.name.clone() } else { String::new() },
-                if first { status.into() } else { String::new() },
-                if first { time.clone() } else { String::new() },
-                region.clone(),
-                ami.clone(),
-            ]);
+            let (name, status, time) =
+                if i == 0 { (build.name.clone(), status.clone(), time.clone()) } else { Default::default() };
+            rows.push([name, status, time, region.clone(), ami.clone()]);
         }
     }
+    let mut out = table(&rows);
+    for build in builds.iter().filter(|b| matches!(b.status, Status::Failed | Status::Interrupted)) {
+        let error = build.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
+        let log = if build.log.is_empty() { String::new() } else { format!(" (log: {})", build.log) };
+        out.push_str(&format!("{}: {error}{log}\n", build.name));
+    }
+    // What the provisioners left out on purpose, e.g. gmond on Amazon Linux 2023.
+    for build in &builds {
+        for note in &build.notes {
+            out.push_str(&format!("note: {}: {note}\n", build.name));
+        }
+    }
+    out.push_str(&totals(report));
+    out
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::Current => "current",
+        Status::Failed => "FAILED",
+        Status::Interrupted => "INTERRUPTED",
+    }
+}
+
+/// Columns padded to their widest cell; the time column right-aligned.
+fn table(rows: &[[String; 5]]) -> String {
     let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let line = format!(
             "{:w0$}  {:w1$}  {:>w2$}  {:w3$}  {}",
             row[0],
@@ -79,18 +104,16 @@ pub(super) fn summary_table(report: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    // What the provisioners left out on purpose, e.g. gmond on Amazon Linux 2023.
-    for build in &report.builds {
-        for note in &build.notes {
-            out.push_str(&format!("note: {}: {note}\n", build.name));
-        }
-    }
+    out
+}
+
+fn totals(report: &Report) -> String {
     let ok: Vec<&BuildResult> = report.builds.iter().filter(|b| b.status == Status::Ok).collect();
     let current = match report.count(Status::Current) {
         0 => String::new(),
         n => format!(" ({n} current, skipped)"),
     };
-    out.push_str(&format!(
+    format!(
         "\n{} of {} builds ok{current}, {} AMIs recorded in {} in {:.1}s{}\n",
         ok.len() + report.count(Status::Current),
         report.builds.len(),
@@ -102,8 +125,7 @@ pub(super) fn summary_table(report: &Report) -> String {
             (true, false) => " (SMOKE TEST OFF: not shown to run Spark)",
             (true, true) => "",
         },
-    ));
-    out
+    )
 }
 
 #[cfg(test)]
@@ -111,7 +133,30 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::run_report::tests::report_of;
+    use crate::{
+        matrix::{Filters, Matrix, Strategy},
+        run_report::tests::{report_of, result_of},
+    };
+
+    #[test]
+    fn the_seed_matrix_summary_fits_in_twelve_lines_with_failures_last() {
+        let builds = Matrix::parse(include_str!("../../../packer/matrix.json"))
+            .unwrap()
+            .expand("seed-2014", &Filters::default(), Strategy::Copy, false)
+            .unwrap();
+        let mut results: Vec<BuildResult> = builds.iter().map(|b| result_of(b, Status::Ok)).collect();
+        results[0].status = Status::Failed;
+        results[0].error = Some("smoke test: the Spark master exited before it was ready\nmore".to_string());
+        results[2].status = Status::Current;
+        let summary = summary_table(&report_of(results.clone()), false);
+        assert!(summary.lines().count() <= 12, "{summary}");
+        let rows: Vec<&str> = summary.lines().collect();
+        assert!(rows[4].starts_with("base-hvm-x86_64") && rows[4].contains("FAILED"), "{summary}");
+        assert!(rows[5].starts_with("base-hvm-x86_64: smoke test: the Spark master") && rows[5].contains("(log: "));
+        assert!(summary.contains("current"), "{summary}");
+        let wide = summary_table(&report_of(results), true);
+        assert_eq!(wide.lines().filter(|l| l.contains("  ami-0")).count(), 32, "{wide}");
+    }
 
     #[test]
     fn the_summary_names_what_the_provisioners_left_out() {
@@ -134,7 +179,7 @@ mod tests {
             notes: vec!["ganglia gmond: not packaged for amzn 2023; not installed".to_string()],
         };
         let report = report_of(vec![build]);
-        let summary = summary_table(&report);
+        let summary = summary_table(&report, false);
         assert!(summary.contains("note: base-hvm-arm64: ganglia gmond: not packaged for amzn 2023"), "{summary}");
         assert!(serde_json::to_string(&report).unwrap().contains(r#""notes":["ganglia gmond"#));
     }

@@ -223,6 +223,26 @@ impl Sandbox {
     }
 }
 
+/// With --local, installs the apt packages the sandbox needs (dev/setup:
+/// Packer, debootstrap, ...) and says what it installs, so a fresh Debian
+/// machine needs no step before the main job.
+pub(crate) fn install_sandbox_tools(sh: &Shell, endpoint: &EndpointArgs) -> Result<()> {
+    if !endpoint.local {
+        return Ok(());
+    }
+    let setup = crate::project::root().join("dev/setup");
+    let output = xshell::cmd!(sh, "{setup}").quiet().ignore_status().output().context("run dev/setup")?;
+    let said = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!("dev/setup could not install the sandbox's packages (run it as root): {}", stderr.trim());
+    }
+    for line in said.lines().filter(|l| l.starts_with("dev/setup:") && !l.contains("already installed")) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
 /// Fails early, before any EC2 call, when the site cannot serve the run: a
 /// provisioned build with no instance to reach, or no credentials at all.
 pub(crate) fn preflight(endpoint: &EndpointArgs, provision: bool) -> Result<()> {
