@@ -131,16 +131,24 @@ pub fn is_transient(failure: &str, output: &str) -> bool {
     TRANSIENT_MARKERS.iter().any(|marker| error_text.contains(marker))
 }
 
-/// The step a build is on, from `ui,say,==> build: Step...` lines.
+/// The step a build is on: what the provisioners say (`spark-packer: smoke
+/// test: ...`), or Packer's own stage (`==> build: Creating AMI ...`), with
+/// the temporary script path of "Provisioning with shell script" left out.
 pub fn step(line: &str) -> Option<String> {
     let line = parse_line(line)?;
-    if line.kind != "ui" || line.data.first().map(String::as_str) != Some("say") {
+    if line.kind != "ui" {
         return None;
     }
     let text = line.data.get(1)?;
-    let text = text.strip_prefix("==> ")?;
-    let step = text.split_once(": ").map_or(text, |(_, step)| step);
-    Some(step.trim().to_string())
+    match line.data.first().map(String::as_str) {
+        Some("message") => text.split_once("spark-packer: ").map(|(_, said)| said.trim().to_string()),
+        Some("say") => {
+            let text = text.strip_prefix("==> ")?;
+            let step = text.split_once(": ").map_or(text, |(_, step)| step).trim();
+            Some(if step.starts_with("Provisioning with shell script") { "provisioning" } else { step }.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Parses `Packer v1.6.6` (and `1.11.2`, as newer versions print it).
@@ -408,6 +416,19 @@ mod tests {
         let steps: Vec<String> = SUCCESS.lines().filter_map(step).collect();
         assert!(steps.contains(&"Launching a source AWS instance...".to_string()), "{steps:#?}");
         assert!(!steps.iter().any(|s| s.starts_with("==>")));
+    }
+
+    #[test]
+    fn steps_come_from_what_the_provisioners_say() {
+        // Recorded from Packer 1.6.6 logs of xtask/tests/provision.rs builds.
+        let smoke =
+            "1795609719,,ui,message,    amazon-ebs.provisioned: spark-packer: smoke test: starting a standalone master";
+        assert_eq!(step(smoke).as_deref(), Some("smoke test: starting a standalone master"));
+        let script = "1795609075,,ui,say,==> amazon-ebs.provisioned: Provisioning with shell script: /tmp/packer-shell3743328312";
+        assert_eq!(step(script).as_deref(), Some("provisioning"));
+        // Other output of the scripts (apt's, Spark's) is not a step.
+        let apt = "1795609075,,ui,message,    amazon-ebs.provisioned: Setting up openjdk-17-jre-headless:amd64";
+        assert_eq!(step(apt), None);
     }
 
     #[test]

@@ -128,6 +128,28 @@ pub(crate) fn save(report: &Report) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Build -> the seconds its latest successful run took, from the newest
+/// reports (at most 20): what the live view's estimate starts from.
+pub(crate) fn earlier_seconds(builds: &[String]) -> BTreeMap<String, f64> {
+    let Ok(entries) = fs::read_dir(reports_dir()) else { return BTreeMap::new() };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json") && e.file_name() != "latest.json")
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let mut seconds = BTreeMap::new();
+    for (_, path) in files.iter().rev().take(20).rev() {
+        let Ok(report) = fs::read_to_string(path).map_err(anyhow::Error::from).and_then(|t| parse(&t)) else {
+            continue;
+        };
+        for build in report.builds.into_iter().filter(|b| b.status == Status::Ok && builds.contains(&b.name)) {
+            seconds.insert(build.name, build.seconds);
+        }
+    }
+    seconds
+}
+
 pub(crate) fn load(path: &Path) -> Result<Report> {
     let text = fs::read_to_string(path).with_context(|| {
         format!("read the report {}: no earlier run to resume? run without --resume", path.display())

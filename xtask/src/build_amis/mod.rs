@@ -199,6 +199,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         jobs: args.jobs,
         spark_on_base: args.spark_on_base,
         verbose: args.verbose,
+        json: args.json,
     };
     let results = run::run_all(sh, &run, &builds)?;
     let report = Report {

@@ -25,9 +25,9 @@ use crate::{
     interrupt,
     matrix::Build,
     packer,
-    progress::{Event, Printer, Work},
+    progress::{Event, Printer, Style, Work},
     project::display,
-    run_report::{BuildResult, Status},
+    run_report::{self, BuildResult, Status},
     site::Site,
     template::{self, RunStamp, TemplateVars},
 };
@@ -46,6 +46,8 @@ pub(super) struct RunContext<'a> {
     pub jobs: u16,
     pub spark_on_base: bool,
     pub verbose: bool,
+    /// --json: the report goes to stdout, progress stays a line log.
+    pub json: bool,
 }
 
 /// The template and the scripts, read once per run for the input hashes.
@@ -84,7 +86,13 @@ struct LaunchFrom {
 /// Runs every build and returns their results in plan order (base first
 /// with --spark-on-base).
 pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<Vec<BuildResult>> {
-    let printer = Printer::start(builds.len(), run.verbose);
+    let names: Vec<String> = builds.iter().map(|b| b.name.clone()).collect();
+    let style = Style {
+        expected: run_report::earlier_seconds(&names),
+        jobs: usize::from(run.jobs),
+        ..Style::for_terminal(run.json, run.verbose)
+    };
+    let printer = Printer::start(names, style);
     interrupt::install(printer.sender(), Work::Builds)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(usize::from(run.jobs))

@@ -38,7 +38,7 @@ use crate::{
     endpoint::EndpointArgs,
     interrupt, lock,
     matrix::Matrix,
-    progress::{Printer, Work},
+    progress::{Printer, Style, Work},
     project,
 };
 
@@ -154,7 +154,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         ami_list_root.display(),
         connection.endpoint.as_deref().map(|e| format!("; EC2 at {e}")).unwrap_or_default(),
     );
-    let reports = clean_regions(sh, &connection.aws, &regions, &policy, args.yes)?;
+    let reports = clean_regions(sh, &connection.aws, &regions, &policy, (args.yes, args.json))?;
     let report = Report {
         dry_run: !args.yes,
         as_of: project::rfc3339(policy.now),
@@ -188,8 +188,16 @@ fn read_listed(ami_list_root: &Path, args: &Args) -> Result<(UsedBy, BTreeSet<St
 }
 
 /// Every region at once, each a worker that never prints; one printer shows progress.
-fn clean_regions(sh: &Shell, aws: &Aws, regions: &[String], policy: &Policy, act: bool) -> Result<Vec<RegionReport>> {
-    let printer = Printer::start(regions.len(), false);
+fn clean_regions(
+    sh: &Shell,
+    aws: &Aws,
+    regions: &[String],
+    policy: &Policy,
+    (act, json): (bool, bool),
+) -> Result<Vec<RegionReport>> {
+    // Region by region, live on a terminal; a line log on a pipe or with --json.
+    let style = Style { jobs: AWS_CALLS_AT_ONCE, ..Style::for_terminal(json, false) };
+    let printer = Printer::start(regions.to_vec(), style);
     if act {
         // Ctrl-C stops new deregistrations, never a started AMI's snapshot deletions.
         interrupt::install(printer.sender(), Work::Deletions)?;
