@@ -4,9 +4,15 @@
 //! (terminates the instance, deletes the temporary key pair and security
 //! group); aws calls under way finish. Work not yet started never starts. A
 //! second signal stops waiting and says what may still run.
+//!
+//! A SIGKILL gives us no say, so every child we start is told by the kernel
+//! instead (`die_with_parent`): Packer gets SIGINT and cleans up as above,
+//! the sandbox's servers get SIGTERM.
 
 use std::{
     collections::BTreeMap,
+    os::unix::process::CommandExt,
+    process::Command,
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::Sender,
@@ -17,8 +23,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use nix::{
-    sys::signal::{killpg, Signal},
-    unistd::Pid,
+    sys::signal::{killpg, raise, Signal},
+    unistd::{getpid, getppid, Pid},
 };
 
 use crate::progress::{Event, Work};
@@ -75,6 +81,32 @@ pub fn kill_on_exit(pid: u32) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     });
+}
+
+/// Has the kernel send `signal` to the child `command` starts when this
+/// process dies, however it dies (`PR_SET_PDEATHSIG`). Linux ties the signal
+/// to the spawning thread, so spawn from a thread that outlives the child:
+/// the main thread, or the pool worker that waits for it.
+pub fn die_with_parent(command: &mut Command, signal: Signal) {
+    let parent = getpid();
+    let hook = move || -> nix::Result<()> {
+        nix::sys::prctl::set_pdeathsig(signal)?;
+        // We may have died between fork and prctl: then nobody will send it.
+        if getppid() != parent {
+            raise(signal)?;
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the hook makes only async-signal-safe
+    // system calls (prctl, getppid, kill) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || hook().map_err(std::io::Error::from));
+    }
+}
+
+/// Asks the Packer in process group `pid` to cancel and clean up.
+pub fn stop(pid: u32) {
+    forward(pid);
 }
 
 fn forward(pid: u32) {
