@@ -20,7 +20,7 @@ use crate::{
     aws::{self, Aws},
     checks,
     endpoint::{Connection, EndpointArgs},
-    interrupt, local, lock,
+    interrupt, journal, local, lock,
     matrix::{Build, Filters, Hadoop, Spark, Strategy, BASE_IMAGE},
     packer,
     progress::{Event, Printer, Work},
@@ -300,6 +300,19 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         ami_list: ami_list_root.clone(),
     };
     fs::create_dir_all(&run.log_dir).with_context(|| format!("create {}", run.log_dir.display()))?;
+    let journal = journal::Journal::start(
+        journal::Header {
+            run_id: run_id.clone(),
+            started_at: run.created_at.clone(),
+            preset: args.preset.clone(),
+            strategy: args.strategy,
+            provisioned: provision,
+            endpoint: connection.endpoint.clone(),
+            ami_list: display(&ami_list_root),
+            git_commit: run.git_commit.clone(),
+        },
+        &builds,
+    )?;
 
     eprintln!(
         "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}{}; logs in {}",
@@ -339,7 +352,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
                     // After Ctrl-C, run_build reports the build as not started; look nothing up.
                     let layers =
                         if interrupt::interrupted() { Err(anyhow::anyhow!("interrupted")) } else { layers(sh, build) };
-                    run_build(sh, &run, provisioning, build, layers, args.retries, events)
+                    let result = run_build(sh, &run, provisioning, build, layers, args.retries, events);
+                    journal.record(&result);
+                    result
                 })
                 .collect::<Vec<BuildResult>>()
         })
@@ -378,6 +393,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         builds: results,
     };
     let report_path = save_report(&report)?;
+    if let Err(e) = journal.finish() {
+        eprintln!("warning: {e:#}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod clean_old_amis;
 pub mod endpoint;
 pub mod interrupt;
+pub mod journal;
 pub mod local;
 pub mod lock;
 pub mod matrix;
