@@ -24,7 +24,7 @@ use crate::{
     matrix::{Build, Filters, Hadoop, Spark, Strategy, BASE_IMAGE},
     packer,
     progress::{Event, Printer, Work},
-    project,
+    project, sweep,
 };
 
 /// Build and register the AMIs of the matrix, and record their IDs in ami-list.
@@ -129,6 +129,12 @@ pub struct Args {
     /// to try another Spark version or source image before checking it in.
     #[arg(long, value_name = "FILE")]
     pub matrix: Option<PathBuf>,
+
+    /// Remove what earlier runs that died (killed, crashed) left in real AWS:
+    /// their instances, temporary security groups and key pairs. Without it
+    /// the run only names them. Against an emulator they are always removed.
+    #[arg(long)]
+    pub sweep: bool,
 
     #[command(flatten)]
     pub endpoint: EndpointArgs,
@@ -268,6 +274,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let version = packer::check_installed_cached(sh)?;
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
+    sweep::at_start(sh, &connection.aws, connection.endpoint.as_deref(), connection.is_emulator, args.sweep);
     let provisioning = if provision { Some(Provisioning::prepare(sh, args, &builds, &connection)?) } else { None };
     if let Some(p) = &provisioning {
         for (image, downloads) in &p.downloads {

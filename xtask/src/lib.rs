@@ -16,4 +16,5 @@ pub mod matrix;
 pub mod packer;
 pub mod progress;
 pub mod project;
+pub mod sweep;
 pub mod validate;
