@@ -24,7 +24,7 @@ use crate::{
     matrix::{Build, Filters, Hadoop, Spark, Strategy, BASE_IMAGE},
     packer,
     progress::{Event, Printer, Work},
-    project, sweep,
+    project, sweep, watch,
 };
 
 /// Build and register the AMIs of the matrix, and record their IDs in ami-list.
@@ -275,6 +275,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     packer::init_plugins_if_needed(sh, version, &project::root().join("packer/plugins.pkr.hcl"))?;
     let connection = args.endpoint.connect(sh)?;
     sweep::at_start(sh, &connection.aws, connection.endpoint.as_deref(), connection.is_emulator, args.sweep);
+    let _watch = watch::start(connection.endpoint.as_deref());
     let provisioning = if provision { Some(Provisioning::prepare(sh, args, &builds, &connection)?) } else { None };
     if let Some(p) = &provisioning {
         for (image, downloads) in &p.downloads {

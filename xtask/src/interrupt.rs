@@ -109,6 +109,17 @@ pub fn stop(pid: u32) {
     forward(pid);
 }
 
+/// Kills every Packer now, with no cleanup: for when its endpoint is gone,
+/// where cleanup would only retry for minutes.
+pub fn kill_all() {
+    let pids: Vec<u32> = RUNNING.lock().map(|r| r.keys().copied().collect()).unwrap_or_default();
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 fn forward(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);

@@ -18,3 +18,4 @@ pub mod progress;
 pub mod project;
 pub mod sweep;
 pub mod validate;
+pub mod watch;

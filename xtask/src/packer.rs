@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use xshell::{cmd, Shell};
 
-use crate::interrupt;
+use crate::{interrupt, watch};
 
 /// Tells Packer it is already watched for panics, as Terraform does: the
 /// cookie Packer's main.go checks before re-executing itself under
@@ -247,6 +247,9 @@ pub fn build(
     log: &Path,
     mut on_line: impl FnMut(&str),
 ) -> Result<Run> {
+    if let Some(why) = watch::refused() {
+        bail!("{why}");
+    }
     let stdout = File::create(log).with_context(|| format!("create {}", log.display()))?;
     let debug_log = log.with_extension("debug.log");
     let stderr = File::create(&debug_log).with_context(|| format!("create {}", debug_log.display()))?;
@@ -264,6 +267,9 @@ pub fn build(
     let mut child = command.spawn().context("start `packer`: is it installed? (`apt-get install packer`)")?;
     let pid = child.id();
     interrupt::register(pid, &log.file_stem().unwrap_or_default().to_string_lossy());
+    if watch::refused().is_some() {
+        interrupt::kill_all(); // the endpoint died as this one started
+    }
 
     let mut output = String::new();
     let mut take = |line: &str| {
@@ -292,6 +298,9 @@ pub fn build(
     let rest = follower.read_lines(&mut take).with_context(|| format!("read {}", log.display()));
     follower.finish(&mut take);
     rest?;
+    if let (false, Some(why)) = (status.success(), watch::refused()) {
+        bail!("{why}");
+    }
     let stderr = fs::read(&debug_log).with_context(|| format!("read {}", debug_log.display()))?;
     Ok(Run { success: status.success(), output, stderr: without_debug_log(&String::from_utf8_lossy(&stderr)) })
 }
