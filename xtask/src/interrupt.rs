@@ -14,7 +14,7 @@ use std::{
     os::unix::process::CommandExt,
     process::Command,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI32, AtomicUsize, Ordering},
         mpsc::Sender,
         Mutex,
     },
@@ -30,6 +30,8 @@ use nix::{
 use crate::progress::{Event, Work};
 
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// What the kernel sends Packer when we die (see `packer_death_signal`).
+static PACKER_DEATH_SIGNAL: AtomicI32 = AtomicI32::new(Signal::SIGINT as i32);
 /// Process group (Packer's pid) -> the build it runs.
 static RUNNING: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
 /// Cleanups to run if we exit without waiting (Drop will not run then).
@@ -102,6 +104,19 @@ pub fn die_with_parent(command: &mut Command, signal: Signal) {
     unsafe {
         command.pre_exec(move || hook().map_err(std::io::Error::from));
     }
+}
+
+/// Says that the EC2 endpoint dies with this process (the sandbox's
+/// emulator): everything Packer could clean up there goes with it.
+pub fn endpoint_dies_with_us() {
+    PACKER_DEATH_SIGNAL.store(Signal::SIGKILL as i32, Ordering::SeqCst);
+}
+
+/// What Packer gets when we die: SIGINT, to clean up and exit; or SIGKILL
+/// when its endpoint dies with us, where it would only retry its cleanup
+/// against a closed port for minutes.
+pub fn packer_death_signal() -> Signal {
+    Signal::try_from(PACKER_DEATH_SIGNAL.load(Ordering::SeqCst)).unwrap_or(Signal::SIGINT)
 }
 
 /// Asks the Packer in process group `pid` to cancel and clean up.

@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::Signal;
 use xshell::{cmd, Shell};
 
 use crate::{interrupt, watch};
@@ -237,7 +236,7 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 /// killed, a pipe's reading end dies with us, and Packer's next line would
 /// get EPIPE on stdout, on which a Go program exits (SIGPIPE) before it has
 /// terminated its instance. A file outlives us, so a Packer told of our death
-/// (SIGINT, see `interrupt::die_with_parent`) can finish its cleanup, and
+/// (SIGINT, see `interrupt::packer_death_signal`) can finish its cleanup, and
 /// logs it. We follow the file as `tail -f` would.
 pub fn build(
     sh: &Shell,
@@ -263,7 +262,7 @@ pub fn build(
     // Its own process group: a terminal's Ctrl-C reaches only us, and we pass
     // Packer exactly one SIGINT (see interrupt.rs); the kernel sends it if we die.
     command.process_group(0).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    interrupt::die_with_parent(&mut command, Signal::SIGINT);
+    interrupt::die_with_parent(&mut command, interrupt::packer_death_signal());
     let mut child = command.spawn().context("start `packer`: is it installed? (`apt-get install packer`)")?;
     let pid = child.id();
     interrupt::register(pid, &log.file_stem().unwrap_or_default().to_string_lossy());

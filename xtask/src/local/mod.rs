@@ -199,6 +199,9 @@ impl Emulator {
                 .env("MOTO_AMIS_PATH", source_amis());
             command
         })?;
+        // It dies with us (SIGTERM), and its instances with it: nothing for
+        // a Packer to clean up there once we are gone.
+        interrupt::endpoint_dies_with_us();
         Ok(Emulator { child: server.child, port: server.port, venv, log: server.log })
     }
 
