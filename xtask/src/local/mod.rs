@@ -91,8 +91,11 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
         ),
     }
     let pip = venv.join("bin/pip");
-    let output =
-        cmd!(sh, "{pip} install --quiet --disable-pip-version-check -r {reqs}").quiet().ignore_status().output()?;
+    // Every file pip fetches must have a SHA-256 the requirements list.
+    let output = cmd!(sh, "{pip} install --quiet --disable-pip-version-check --require-hashes -r {reqs}")
+        .quiet()
+        .ignore_status()
+        .output()?;
     if !output.status.success() {
         bail!(
             "pip install -r local/requirements.txt failed (is PyPI reachable?): {}",
@@ -101,6 +104,19 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
     }
     fs::write(&stamp, wanted).context("stamp the venv")?;
     Ok(venv)
+}
+
+/// The requirements (`name==version`) that carry no `--hash`: a pip
+/// requirements text, with `\` continuations.
+pub fn unhashed_requirements(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('-'))
+        .filter(|line| !line.contains("--hash=sha256:"))
+        .map(|line| line.split_whitespace().next().unwrap_or(line).to_string())
+        .collect()
 }
 
 /// A loopback port nobody listens on now.
@@ -278,6 +294,15 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "the server outlived its starter: {}", status(pid));
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn every_pinned_requirement_is_hashed() {
+        let text = fs::read_to_string(requirements()).unwrap();
+        assert_eq!(unhashed_requirements(&text), Vec::<String>::new());
+        assert!(text.matches("==").count() >= 60, "the pins are all there");
+        let unhashed = "a==1 \\\n    --hash=sha256:00\nb==2\n    # via a\n";
+        assert_eq!(unhashed_requirements(unhashed), ["b==2"]);
     }
 
     #[test]
