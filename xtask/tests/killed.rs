@@ -60,12 +60,21 @@ fn packer_groups(emulator: &local::Emulator, region: &str) -> Vec<String> {
     names.filter(|n| n.starts_with("packer_")).map(str::to_string).collect()
 }
 
-/// Running instances and packer_* groups, per region that has any.
-fn leaks(emulator: &local::Emulator) -> BTreeMap<&'static str, (usize, Vec<String>)> {
+fn packer_keys(emulator: &local::Emulator, region: &str) -> Vec<String> {
+    let value = ec2(emulator, region, &["describe-key-pairs"]);
+    let names = value["KeyPairs"].as_array().unwrap().iter().filter_map(|k| k["KeyName"].as_str());
+    names.filter(|n| n.starts_with("packer_")).map(str::to_string).collect()
+}
+
+/// Running instances, packer_* groups and packer_* key pairs, per region
+/// that has any.
+type Leaks = BTreeMap<&'static str, (usize, Vec<String>, Vec<String>)>;
+
+fn leaks(emulator: &local::Emulator) -> Leaks {
     SEED_REGIONS
         .iter()
-        .map(|region| (*region, (running_instances(emulator, region), packer_groups(emulator, region))))
-        .filter(|(_, (running, groups))| *running > 0 || !groups.is_empty())
+        .map(|r| (*r, (running_instances(emulator, r), packer_groups(emulator, r), packer_keys(emulator, r))))
+        .filter(|(_, (running, groups, keys))| *running > 0 || !groups.is_empty() || !keys.is_empty())
         .collect()
 }
 
@@ -147,12 +156,14 @@ fn kill_9_of_a_native_run_leaves_no_instance_running_and_no_packer_group() {
         processes_mentioning(&log_dir).is_empty()
     });
     let left = leaks(&emulator);
-    assert!(left.is_empty(), "killed after {killed_after:?}; left running / packer_* groups: {left:?}");
+    assert!(left.is_empty(), "killed after {killed_after:?}; left running / packer_* groups / keys: {left:?}");
     let (_, doc) = read_journal(&run_id);
     assert_eq!(doc.builds.len(), 32, "the journal names every planned build");
     let unfinished = doc.builds.iter().filter(|b| b.status != "ok").count();
     assert!(unfinished > 0, "killed after {killed_after:?}, yet every build finished");
-    eprintln!("killed after {killed_after:?}: {unfinished} of 32 builds unfinished, 0 running, 0 packer_* groups");
+    eprintln!(
+        "killed after {killed_after:?}: {unfinished} of 32 builds unfinished; 0 running, 0 packer_* groups or keys"
+    );
 
     // The next run against the same EC2 sees the dead run and marks it swept.
     let next = xtask(&[
