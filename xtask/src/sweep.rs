@@ -12,7 +12,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{TcpStream, ToSocketAddrs},
+    net::{IpAddr, TcpStream, ToSocketAddrs},
     path::Path,
     time::Duration,
 };
@@ -42,13 +42,21 @@ pub enum Plan {
 pub fn plan(dead: &Document, endpoint: Option<&str>, answers: impl Fn(&str) -> bool) -> Plan {
     if dead.header.endpoint.as_deref() != endpoint {
         return match dead.header.endpoint.as_deref() {
-            Some(other) if crate::endpoint::is_loopback(other) && !answers(other) => Plan::Gone,
+            Some(other) if is_on_this_machine(other) && !answers(other) => Plan::Gone,
             _ => Plan::Elsewhere,
         };
     }
     let regions: BTreeSet<&str> =
         dead.builds.iter().filter(|b| b.status != "ok").map(|b| b.build_region.as_str()).collect();
     Plan::Look(regions.into_iter().filter(|r| !r.is_empty()).map(str::to_string).collect())
+}
+
+/// An endpoint on loopback: an emulator on this machine, whose state dies
+/// with it. Only such an endpoint is ever taken for gone.
+pub fn is_on_this_machine(url: &str) -> bool {
+    host_and_port(url).is_some_and(|(host, _)| {
+        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// Whether anything accepts connections at the endpoint's host and port.
@@ -195,6 +203,8 @@ mod tests {
         assert_eq!(host_and_port("http://[::1]:7/x"), Some(("::1".to_string(), 7)));
         assert_eq!(host_and_port("http://"), None);
         assert_eq!(host_and_port("127.0.0.1:5000"), None);
+        assert!(is_on_this_machine("http://127.0.0.2:5000") && is_on_this_machine("http://[::1]:5000"));
+        assert!(!is_on_this_machine("https://ec2.us-east-1.amazonaws.com") && !is_on_this_machine("http://10.0.0.1"));
     }
 
     #[test]
