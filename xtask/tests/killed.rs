@@ -312,7 +312,9 @@ fn kill_9_of_a_local_run_leaves_no_server_no_mount_and_a_journal_to_resume() {
     wait_until("the killed run's servers and Packers to exit", Duration::from_secs(30), || {
         spawned.iter().all(|(pid, started, _)| !alive(*pid, *started))
     });
-    assert!(spawned.iter().filter(|(_, _, c)| c.contains("packer build")).count() == 2, "{spawned:#?}");
+    // The base build may finish first (about 30 s here); one build at least was running.
+    let packers = spawned.iter().filter(|(_, _, c)| c.contains("packer build")).count();
+    assert!((1..=2).contains(&packers), "{spawned:#?}");
     eprintln!(
         "killed after {killed_after:?} with {mounted} mounts; within {:?} these exited: {spawned:#?}",
         killed.elapsed()
@@ -351,10 +353,15 @@ fn kill_9_of_a_local_run_leaves_no_server_no_mount_and_a_journal_to_resume() {
         .unwrap_or_default();
     assert!(dirs.is_empty(), "instance directories left: {dirs:?}");
 
-    // Its journal names both builds unfinished, and --resume takes it.
+    // Its journal has a result for each build that finished, the others
+    // unfinished, and --resume takes it.
     let (path, doc) = read_journal(&run_id);
+    let names: Vec<&str> = doc.builds.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["base-hvm-x86_64", "spark-3.5.3-hvm-x86_64"]);
     let unfinished: Vec<&str> = doc.builds.iter().filter(|b| b.status != "ok").map(|b| b.name.as_str()).collect();
-    assert_eq!(unfinished, ["base-hvm-x86_64", "spark-3.5.3-hvm-x86_64"]);
+    // A build whose Packer had exited may still have been recording.
+    assert!(unfinished.len() >= packers, "every build running at the kill is unfinished: {:?}", doc.builds);
+    assert!(doc.builds.iter().filter(|b| b.status != "ok").all(|b| b.rest["error"] == journal::UNFINISHED));
     let mut resume = vec!["build-amis", "--local", "--dry-run", "--json", "--resume", path.to_str().unwrap()];
     resume.extend(filters);
     resume.extend(["--ami-list", tree.to_str().unwrap()]);
