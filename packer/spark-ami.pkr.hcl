@@ -215,6 +215,11 @@ source "amazon-ebs" "ami" {
     most_recent = true
   }
 
+  # Named after the run, so that a later run can find and delete it if this
+  # one dies before Packer can (Packer 1.6.6 cannot name or tag its temporary
+  # security group; those are found through the run's tagged instances).
+  temporary_key_pair_name = "packer_${var.run_id}_${var.build_name}"
+
   tags          = local.factory_tags
   snapshot_tags = local.factory_tags
   run_tags = {

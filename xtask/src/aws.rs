@@ -398,6 +398,93 @@ impl Aws {
     }
 }
 
+/// What a dead run may have left in one region: its instances not yet
+/// terminated, the temporary security groups and key pairs Packer made for
+/// them (`packer_*`), and key pairs named after the run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    pub instances: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub key_pairs: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty() && self.security_groups.is_empty() && self.key_pairs.is_empty()
+    }
+}
+
+/// The leftovers of run `run_id`, from `describe-instances` filtered by its
+/// run-id tag and from `describe-key-pairs`. Only Packer's temporary groups
+/// and keys count: never a group or key someone named (the sandbox's own key).
+pub fn parse_leftovers(instances_json: &str, key_pairs_json: &str, run_id: &str) -> Result<Leftovers> {
+    let value: serde_json::Value = serde_json::from_str(instances_json).context("parse describe-instances output")?;
+    let mut found = Leftovers::default();
+    let is_temporary = |name: &str| name.starts_with("packer_");
+    for reservation in value["Reservations"].as_array().into_iter().flatten() {
+        for instance in reservation["Instances"].as_array().into_iter().flatten() {
+            let tags = instance["Tags"].as_array().into_iter().flatten();
+            let tagged = tags.into_iter().any(|t| t["Key"] == "spark-packer:run-id" && t["Value"] == run_id);
+            if !tagged {
+                continue;
+            }
+            if !matches!(instance["State"]["Name"].as_str(), Some("terminated" | "shutting-down")) {
+                found.instances.extend(instance["InstanceId"].as_str().map(str::to_string));
+            }
+            for group in instance["SecurityGroups"].as_array().into_iter().flatten() {
+                if group["GroupName"].as_str().is_some_and(is_temporary) {
+                    found.security_groups.extend(group["GroupId"].as_str().map(str::to_string));
+                }
+            }
+            found.key_pairs.extend(instance["KeyName"].as_str().filter(|k| is_temporary(k)).map(str::to_string));
+        }
+    }
+    let keys: serde_json::Value = serde_json::from_str(key_pairs_json).context("parse describe-key-pairs output")?;
+    let named = format!("packer_{run_id}_");
+    for key in keys["KeyPairs"].as_array().into_iter().flatten() {
+        found.key_pairs.extend(key["KeyName"].as_str().filter(|k| k.starts_with(&named)).map(str::to_string));
+    }
+    for list in [&mut found.instances, &mut found.security_groups, &mut found.key_pairs] {
+        list.sort();
+        list.dedup();
+    }
+    Ok(found)
+}
+
+// Calls for the sweep of dead runs.
+impl Aws {
+    /// What run `run_id` left in `region` (see `parse_leftovers`).
+    pub fn leftovers(&self, sh: &Shell, region: &str, run_id: &str) -> Result<Leftovers> {
+        let filter = format!("Name=tag:spark-packer:run-id,Values={run_id}");
+        let instances = self.ec2(sh, region, &["describe-instances", "--filters", &filter])?;
+        let key_pairs = self.ec2(sh, region, &["describe-key-pairs"])?;
+        parse_leftovers(&instances, &key_pairs, run_id)
+    }
+
+    /// Terminates the instances, waits until they are gone (a group in use
+    /// cannot be deleted), then deletes the groups and key pairs.
+    pub fn remove(&self, sh: &Shell, region: &str, leftovers: &Leftovers) -> Result<()> {
+        if !leftovers.instances.is_empty() {
+            let mut args = vec!["terminate-instances", "--instance-ids"];
+            args.extend(leftovers.instances.iter().map(String::as_str));
+            self.ec2(sh, region, &args)?;
+            args[0] = "wait";
+            args.insert(1, "instance-terminated");
+            self.ec2(sh, region, &args)?;
+        }
+        for group in &leftovers.security_groups {
+            match self.ec2(sh, region, &["delete-security-group", "--group-id", group]) {
+                Err(e) if format!("{e:#}").contains("NotFound") => {}
+                result => result.map(drop)?,
+            }
+        }
+        for key in &leftovers.key_pairs {
+            self.ec2(sh, region, &["delete-key-pair", "--key-name", key])?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +502,31 @@ mod tests {
         assert_eq!(images[0].image_id, "ami-1fd2ada448893a5d9");
         assert_eq!(images[0].virtualization_type, "paravirtual");
         assert_eq!(images[0].tags().get("managed-by"), Some(&"spark-packer"));
+    }
+
+    #[test]
+    fn a_dead_runs_leftovers_are_its_own_and_packers_temporaries() {
+        // Shaped like moto 5.2.1's describe-instances and describe-key-pairs.
+        let instance = |id: &str, state: &str, run: &str, group: &str, key: &str| {
+            format!(
+                r#"{{"InstanceId": "{id}", "State": {{"Name": "{state}"}}, "KeyName": "{key}",
+                "SecurityGroups": [{{"GroupName": "{group}", "GroupId": "sg-{id}"}}],
+                "Tags": [{{"Key": "managed-by", "Value": "spark-packer"}}, {{"Key": "spark-packer:run-id", "Value": "{run}"}}]}}"#
+            )
+        };
+        let instances = format!(
+            r#"{{"Reservations": [{{"Instances": [{}, {}, {}, {}]}}]}}"#,
+            instance("i-1", "running", "r1", "packer_a", "packer_k1"),
+            instance("i-2", "terminated", "r1", "packer_b", "spark-packer-local"),
+            instance("i-3", "running", "r2", "packer_c", "packer_k3"),
+            instance("i-4", "stopped", "r1", "default", "packer_k1"),
+        );
+        let keys = r#"{"KeyPairs": [{"KeyName": "packer_r1_base-hvm-x86_64"}, {"KeyName": "packer_r2_base"},
+                      {"KeyName": "spark-packer-local"}]}"#;
+        let found = parse_leftovers(&instances, keys, "r1").unwrap();
+        assert_eq!(found.instances, ["i-1", "i-4"]);
+        assert_eq!(found.security_groups, ["sg-i-1", "sg-i-2"]);
+        assert_eq!(found.key_pairs, ["packer_k1", "packer_r1_base-hvm-x86_64"]);
+        assert!(parse_leftovers(r#"{"Reservations": []}"#, r#"{"KeyPairs": []}"#, "r1").unwrap().is_empty());
     }
 }

@@ -2,18 +2,18 @@
 //! per build with its full log in a file, and a pure parser of that output.
 
 use std::{
-    fs::File,
-    io::{BufRead, BufReader, Read, Write},
+    fs::{self, File},
+    io::Read,
     os::unix::process::CommandExt,
     path::Path,
     process::Stdio,
-    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::interrupt;
+use crate::{interrupt, watch};
 
 /// Tells Packer it is already watched for panics, as Terraform does: the
 /// cookie Packer's main.go checks before re-executing itself under
@@ -233,9 +233,19 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// How often a running build's log is read for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+
 /// Runs one `packer build` (of the `only` build, e.g. `amazon-ebs.provisioned`,
-/// if given), teeing stdout and stderr into `log`, and calling `on_line` with
-/// each stdout line as it arrives (for live progress).
+/// if given), with its stdout in `log` and its stderr in `<log>.debug.log`,
+/// calling `on_line` with each stdout line as it arrives (for live progress).
+///
+/// Packer writes into those files itself, never into a pipe to us: if we are
+/// killed, a pipe's reading end dies with us, and Packer's next line would
+/// get EPIPE on stdout, on which a Go program exits (SIGPIPE) before it has
+/// terminated its instance. A file outlives us, so a Packer told of our death
+/// (SIGINT, see `interrupt::packer_death_signal`) can finish its cleanup, and
+/// logs it. We follow the file as `tail -f` would.
 pub fn build(
     sh: &Shell,
     template: &Path,
@@ -244,9 +254,13 @@ pub fn build(
     log: &Path,
     mut on_line: impl FnMut(&str),
 ) -> Result<Run> {
-    let log_file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let log_file = Arc::new(Mutex::new(log_file));
+    if let Some(why) = watch::refused() {
+        bail!("{why}");
+    }
+    let stdout = File::create(log).with_context(|| format!("create {}", log.display()))?;
     let debug_log = log.with_extension("debug.log");
+    let stderr = File::create(&debug_log).with_context(|| format!("create {}", debug_log.display()))?;
+    let mut follower = LineFollower::new(File::open(log).with_context(|| format!("open {}", log.display()))?);
     let only = only.map(|o| format!("-only={o}"));
     let mut command: std::process::Command =
         cmd!(sh, "packer build -machine-readable -color=false {only...} -var-file={var_file} {template}")
@@ -254,51 +268,89 @@ pub fn build(
             .quiet()
             .into();
     // Its own process group: a terminal's Ctrl-C reaches only us, and we pass
-    // Packer exactly one SIGINT (see interrupt.rs).
-    let mut child = command
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start `packer`: is it installed? (`apt-get install packer`)")?;
+    // Packer exactly one SIGINT (see interrupt.rs); the kernel sends it if we die.
+    command.process_group(0).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    interrupt::die_with_parent(&mut command, interrupt::packer_death_signal());
+    let mut child = command.spawn().context("start `packer`: is it installed? (`apt-get install packer`)")?;
     let pid = child.id();
     interrupt::register(pid, &log.file_stem().unwrap_or_default().to_string_lossy());
-
-    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        let _ = std::fs::write(&debug_log, &text);
-        without_debug_log(&text)
-    });
+    if watch::refused().is_some() {
+        interrupt::kill_all(); // the endpoint died as this one started
+    }
 
     let mut output = String::new();
-    let mut log_error = None;
-    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
-        let line = match line {
-            Ok(line) => line,
-            // A line that is not UTF-8 is skipped; Packer must not block on a full pipe.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
-            Err(_) => break,
-        };
-        if let Ok(mut f) = log_file.lock() {
-            if let Err(e) = writeln!(f, "{line}") {
-                log_error.get_or_insert(e);
-            }
-        }
-        on_line(&line);
-        output.push_str(&line);
+    let mut take = |line: &str| {
+        on_line(line);
+        output.push_str(line);
         output.push('\n');
-    }
-    let status = child.wait();
+    };
+    let status = loop {
+        let read = follower.read_lines(&mut take);
+        match (read, child.try_wait()) {
+            (_, Ok(Some(status))) => break Ok(status),
+            (Err(e), _) | (_, Err(e)) => break Err(e),
+            (Ok(()), Ok(None)) => std::thread::sleep(FOLLOW_EVERY),
+        }
+    };
+    let status = match status {
+        Ok(status) => Ok(status),
+        // We cannot follow it any more: stop it, and let it clean up first.
+        Err(e) => {
+            interrupt::stop(pid);
+            child.wait().map_err(|_| e)
+        }
+    };
     interrupt::unregister(pid);
     let status = status.context("wait for packer")?;
-    if let Some(e) = log_error {
-        return Err(e).with_context(|| format!("write {}", log.display()));
+    let rest = follower.read_lines(&mut take).with_context(|| format!("read {}", log.display()));
+    follower.finish(&mut take);
+    rest?;
+    if let (false, Some(why)) = (status.success(), watch::refused()) {
+        bail!("{why}");
     }
-    let stderr = stderr_reader.join().unwrap_or_default();
-    Ok(Run { success: status.success(), output, stderr })
+    let stderr = fs::read(&debug_log).with_context(|| format!("read {}", debug_log.display()))?;
+    Ok(Run { success: status.success(), output, stderr: without_debug_log(&String::from_utf8_lossy(&stderr)) })
+}
+
+/// Reads the lines another process appends to a file, as they come; a line
+/// counts once its newline is there (or at `finish`).
+pub struct LineFollower<R> {
+    file: R,
+    partial: Vec<u8>,
+}
+
+impl<R: Read> LineFollower<R> {
+    pub fn new(file: R) -> LineFollower<R> {
+        LineFollower { file, partial: Vec::new() }
+    }
+
+    /// Calls `on_line` with every complete line written since the last call.
+    /// Bytes that are not UTF-8 are replaced, never a reason to stop.
+    pub fn read_lines(&mut self, on_line: &mut impl FnMut(&str)) -> std::io::Result<()> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let n = match self.file.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.partial.extend_from_slice(&chunk[..n]);
+            let Some(last_newline) = self.partial.iter().rposition(|b| *b == b'\n') else { continue };
+            let rest = self.partial.split_off(last_newline + 1);
+            let complete = std::mem::replace(&mut self.partial, rest);
+            for line in complete[..last_newline].split(|b| *b == b'\n') {
+                on_line(String::from_utf8_lossy(line).trim_end_matches('\r'));
+            }
+        }
+    }
+
+    /// The last line, if the writer ended without a newline.
+    pub fn finish(mut self, on_line: &mut impl FnMut(&str)) {
+        if !self.partial.is_empty() {
+            on_line(String::from_utf8_lossy(&std::mem::take(&mut self.partial)).trim_end_matches('\r'));
+        }
+    }
 }
 
 /// Packer's stderr without its debug log: what it says outside the
@@ -316,6 +368,24 @@ pub fn without_debug_log(stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followed_file_gives_each_line_once_it_is_complete() {
+        let path = crate::project::target_dir().join(format!("follow-test-{}.log", std::process::id()));
+        let mut writer = File::create(&path).unwrap();
+        let mut follower = LineFollower::new(File::open(&path).unwrap());
+        let mut lines = Vec::new();
+        let mut take = |line: &str| lines.push(line.to_string());
+        use std::io::Write;
+        writer.write_all(b"1,a,ui,say,one\n1,a,ui,sa").unwrap();
+        follower.read_lines(&mut take).unwrap();
+        writer.write_all(b"y,two\r\n\xff bad\nlast").unwrap();
+        follower.read_lines(&mut take).unwrap();
+        follower.read_lines(&mut take).unwrap();
+        follower.finish(&mut take);
+        fs::remove_file(&path).unwrap();
+        assert_eq!(lines, ["1,a,ui,say,one", "1,a,ui,say,two", "\u{fffd} bad", "last"]);
+    }
 
     #[test]
     fn packers_debug_log_is_told_from_what_it_says() {

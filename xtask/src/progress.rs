@@ -34,7 +34,7 @@ pub enum Event {
     },
     /// A signal came in: `again` means we stop waiting for `running`.
     Interrupted {
-        work: Work,
+        work: Stoppable,
         running: Vec<String>,
         again: bool,
     },
@@ -51,7 +51,7 @@ pub enum Event {
 
 /// What a run stops when interrupted, for the printer's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Work {
+pub enum Stoppable {
     /// build-amis: Packer builds, which clean up after themselves.
     Builds,
     /// clean-old-amis --yes: deregistrations, each followed by its snapshots.
@@ -223,16 +223,18 @@ fn said(event: Event) -> String {
 }
 
 /// What Ctrl-C (or a second one) means for the work under way.
-fn interrupted_message(work: Work, builds: &[String], again: bool) -> String {
+fn interrupted_message(work: Stoppable, builds: &[String], again: bool) -> String {
     match (work, again) {
-        (Work::Deletions, false) => "interrupted: no more AMIs will be deregistered; the snapshots of those already \
+        (Stoppable::Deletions, false) => {
+            "interrupted: no more AMIs will be deregistered; the snapshots of those already \
              deregistered are being deleted, so none is left behind. Press Ctrl-C again to stop at once."
-            .to_string(),
-        (Work::Deletions, true) => "stopped at once: an AMI deregistered just now may have left its snapshots; \
+                .to_string()
+        }
+        (Stoppable::Deletions, true) => "stopped at once: an AMI deregistered just now may have left its snapshots; \
              `cargo xtask clean-old-amis` does not see them. Find them with `aws ec2 describe-snapshots \
              --owner-ids self --filters Name=tag:managed-by,Values=spark-packer`."
             .to_string(),
-        (Work::Builds, false) => format!(
+        (Stoppable::Builds, false) => format!(
             "interrupted: stopping {} running build{} ({}); Packer is cleaning up \
              (terminating instances, deleting temporary key pairs and security groups). \
              Nothing new starts. Press Ctrl-C again to stop waiting.",
@@ -240,10 +242,10 @@ fn interrupted_message(work: Work, builds: &[String], again: bool) -> String {
             if builds.len() == 1 { "" } else { "s" },
             builds.join(", ")
         ),
-        (Work::Builds, true) if builds.is_empty() => {
+        (Stoppable::Builds, true) if builds.is_empty() => {
             "not waiting any longer; no Packer process was still running.".to_string()
         }
-        (Work::Builds, true) => format!(
+        (Stoppable::Builds, true) => format!(
             "not waiting any longer. These builds may still have an instance, key pair or \
              security group in EC2: {}. Their logs are under target/packer-logs/; find \
              leftovers with `aws ec2 describe-instances --filters \

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{matrix::Strategy, project, site::downloads::ImageDownloads};
+use crate::{matrix::Strategy, site::downloads::ImageDownloads};
 
 /// The outcome of one build, as reported and saved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,9 +108,7 @@ impl Report {
     }
 }
 
-pub(crate) fn reports_dir() -> PathBuf {
-    project::target_dir().join("build-reports")
-}
+pub(crate) use crate::journal::reports_dir;
 
 pub(crate) fn latest_path() -> PathBuf {
     reports_dir().join("latest.json")

@@ -579,8 +579,10 @@ fn build_base(ec2: &Ec2, ami_list: &Path, regions: &str, runs: usize) -> Vec<BTr
             if run > 0 {
                 thread::sleep(Duration::from_millis(1100));
             }
+            // --force: an unchanged build is skipped as current, and each run must make new AMIs.
             let mut command = common::xtask(&["build-amis", "--no-provision", "--preset", "seed-2014", "--json"]);
             command.args(["--image", "base", "--virt", "hvm", "--region", regions, "--endpoint", &ec2.endpoint]);
+            command.arg("--force");
             let output = command.arg("--ami-list").arg(ami_list).output().unwrap();
             assert!(output.status.success(), "build-amis: {}", common::text(&output));
             let report: Value = serde_json::from_slice(&output.stdout).unwrap();

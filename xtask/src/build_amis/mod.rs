@@ -23,13 +23,15 @@ use xshell::Shell;
 use crate::{
     ami_list, checks,
     endpoint::EndpointArgs,
-    lock,
-    matrix::Strategy,
+    journal, lock,
+    matrix::{Build, Strategy},
     packer,
     project::{self, display},
     run_report::Report,
     site::{self, downloads::SourceArgs, Request, Site},
+    sweep,
     template::RunStamp,
+    watch,
 };
 
 const SMOKE_TEST_OFF: &str = "WARNING: --skip-smoke-test: the Spark smoke test is OFF. \
@@ -126,6 +128,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub matrix: Option<PathBuf>,
 
+    /// Remove what earlier runs that died (killed, crashed) left in real AWS:
+    /// their instances, temporary security groups and key pairs. Without it
+    /// the run only names them. Against an emulator they are always removed.
+    #[arg(long)]
+    pub sweep: bool,
+
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 
@@ -169,39 +177,63 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let request =
         Request { builds: &builds, provision, smoke_test: !args.skip_smoke_test, spark_on_base: args.spark_on_base };
     let site = Site::open(sh, &args.endpoint, &args.sources, &request)?;
+    sweep::at_start(sh, site.aws(), site.endpoint(), site.connection.is_emulator, args.sweep);
+    let _watch = watch::start(site.endpoint());
     for note in site.notes(&builds) {
         eprintln!("{note}");
     }
     if provision && args.skip_smoke_test {
         eprintln!("{SMOKE_TEST_OFF}");
     }
+    let finished = build_all(sh, args, &builds, &site, &ami_list_root);
+    drop(site);
+    drop(lock);
+    finished
+}
 
+/// Runs the planned builds on the open site, journal and report included.
+fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_root: &Path) -> Result<()> {
+    let provision = site.provision;
     let started = project::now_secs();
     let run_id = project::run_id(started, std::process::id());
     let stamp =
         RunStamp { run_id: run_id.clone(), git_commit: project::git_commit(sh), created_at: project::rfc3339(started) };
     let log_dir = project::target_dir().join("packer-logs").join(&run_id);
     fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
-    announce(&run_id, &builds, args, site.endpoint(), &log_dir);
+    let journal = journal::Journal::start(
+        journal::Header {
+            run_id: run_id.clone(),
+            started_at: stamp.created_at.clone(),
+            preset: args.preset.clone(),
+            strategy: args.strategy,
+            provisioned: provision,
+            endpoint: site.endpoint().map(str::to_string),
+            ami_list: display(ami_list_root),
+            git_commit: stamp.git_commit.clone(),
+        },
+        builds,
+    )?;
+    announce(&run_id, builds, args, site.endpoint(), &log_dir);
     let clock = Instant::now();
     // The sandbox's emulator starts empty: nothing can be current there.
-    let survey = survey::Survey::take(sh, &site, &builds, !args.force && !site.starts_empty())?;
+    let survey = survey::Survey::take(sh, site, builds, !args.force && !site.starts_empty())?;
     let texts = run::InputTexts::read()?;
     let run = run::RunContext {
         stamp,
-        site: &site,
+        site,
         survey: &survey,
         texts: &texts,
+        journal: &journal,
         force: args.force,
         log_dir,
-        ami_list: ami_list_root.clone(),
+        ami_list: ami_list_root.to_path_buf(),
         retries: args.retries,
         jobs: args.jobs,
         spark_on_base: args.spark_on_base,
         verbose: args.verbose,
         json: args.json,
     };
-    let results = run::run_all(sh, &run, &builds)?;
+    let results = run::run_all(sh, &run, builds)?;
     let report = Report {
         run_id,
         started_at: run.stamp.created_at.clone(),
@@ -212,19 +244,19 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         smoke_test: !provision || site.smoke_test,
         downloads: site.downloads.clone(),
         endpoint: site.endpoint().map(str::to_string),
-        ami_list: display(&ami_list_root),
+        ami_list: display(ami_list_root),
         git_commit: run.stamp.git_commit.clone(),
         builds: results,
     };
-    drop(run);
-    drop(site);
     let finished = report::finish(&report, args.json, args.wide);
-    drop(lock);
+    if let Err(e) = journal.finish() {
+        eprintln!("warning: {e:#}");
+    }
     finished
 }
 
 /// The run's first line: what it builds, how, and where its logs go.
-fn announce(run_id: &str, builds: &[crate::matrix::Build], args: &Args, endpoint: Option<&str>, log_dir: &Path) {
+fn announce(run_id: &str, builds: &[Build], args: &Args, endpoint: Option<&str>, log_dir: &Path) {
     eprintln!(
         "run {run_id}: {} builds, {} AMIs, {} strategy, {} at once{}{}; logs in {}",
         builds.len(),
@@ -242,7 +274,7 @@ fn announce(run_id: &str, builds: &[crate::matrix::Build], args: &Args, endpoint
 fn dry_run_verdicts(
     sh: &Shell,
     args: &Args,
-    builds: &[crate::matrix::Build],
+    builds: &[Build],
     ami_list_root: &Path,
 ) -> Result<BTreeMap<String, String>, String> {
     if args.endpoint.local {
@@ -262,7 +294,7 @@ fn dry_run_verdicts(
             provision: !args.no_provision,
             smoke_test: !args.skip_smoke_test,
         };
-        let verdict = |build: &crate::matrix::Build| {
+        let verdict = |build: &Build| {
             if args.spark_on_base && build.image.spark.is_some() {
                 return "build if its base is built; else as recorded".to_string();
             }

@@ -25,7 +25,7 @@ use crate::{
     interrupt,
     matrix::Build,
     packer,
-    progress::{Event, Printer, Style, Work},
+    progress::{Event, Printer, Stoppable, Style},
     project::display,
     run_report::{self, BuildResult, Status},
     site::Site,
@@ -38,6 +38,8 @@ pub(super) struct RunContext<'a> {
     pub site: &'a Site,
     pub survey: &'a Survey,
     pub texts: &'a InputTexts,
+    /// The report as it goes: each result written as it comes in.
+    pub journal: &'a crate::journal::Journal,
     /// Build even what is current.
     pub force: bool,
     pub log_dir: PathBuf,
@@ -93,7 +95,7 @@ pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<
         ..Style::for_terminal(run.json, run.verbose)
     };
     let printer = Printer::start(names, style);
-    interrupt::install(printer.sender(), Work::Builds)?;
+    interrupt::install(printer.sender(), Stoppable::Builds)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(usize::from(run.jobs))
         .build()
@@ -110,7 +112,9 @@ pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<
                     } else {
                         launch_from(sh, build)
                     };
-                    run_build(sh, run, build, from, events)
+                    let result = run_build(sh, run, build, from, events);
+                    run.journal.record(&result);
+                    result
                 })
                 .collect::<Vec<BuildResult>>()
         })

@@ -38,7 +38,7 @@ use crate::{
     endpoint::EndpointArgs,
     interrupt, lock,
     matrix::Matrix,
-    progress::{Printer, Style, Work},
+    progress::{Printer, Stoppable, Style},
     project,
 };
 
@@ -200,7 +200,7 @@ fn clean_regions(
     let printer = Printer::start(regions.to_vec(), style);
     if act {
         // Ctrl-C stops new deregistrations, never a started AMI's snapshot deletions.
-        interrupt::install(printer.sender(), Work::Deletions)?;
+        interrupt::install(printer.sender(), Stoppable::Deletions)?;
     }
     // Every task waits on an aws CLI process, not on this one's CPU.
     let pool = rayon::ThreadPoolBuilder::new()

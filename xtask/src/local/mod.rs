@@ -8,18 +8,20 @@ pub mod instance;
 pub mod mirror;
 
 use std::{
+    ffi::OsString,
     fs::{self, File},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    os::unix::process::CommandExt,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use xshell::{cmd, Shell};
 
-use crate::{aws::Aws, project};
+use crate::{aws::Aws, interrupt, project};
 
 /// Credentials the emulator accepts. Set for local runs so that no real key
 /// is ever sent to it.
@@ -28,6 +30,26 @@ pub const DUMMY_CREDENTIALS: [(&str, &str); 3] = [
     ("AWS_SECRET_ACCESS_KEY", "spark-packer-local"),
     ("AWS_SESSION_TOKEN", ""),
 ];
+
+/// The names among `vars` that could carry real AWS credentials, or point
+/// at them: every `AWS_*` variable (keys, tokens, profiles, credential files,
+/// role ARNs, container credential URIs), whatever its case.
+pub fn aws_variables(vars: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    vars.into_iter().filter(|name| name.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"AWS_"))).collect()
+}
+
+/// Takes every AWS variable out of a sandbox process's environment, ours
+/// and any the command set, and gives it the dummy credentials and no
+/// shared config or credentials file: the emulator and the mirror never
+/// need a real key, so they never hold one.
+fn scrub_credentials(command: &mut Command) {
+    let set = command.get_envs().map(|(name, _)| name.to_os_string());
+    for name in aws_variables(std::env::vars_os().map(|(name, _)| name).chain(set.collect::<Vec<_>>())) {
+        command.env_remove(name);
+    }
+    command.envs(DUMMY_CREDENTIALS);
+    command.env("AWS_CONFIG_FILE", "/dev/null").env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+}
 
 pub fn requirements() -> PathBuf {
     project::root().join("local/requirements.txt")
@@ -69,8 +91,11 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
         ),
     }
     let pip = venv.join("bin/pip");
-    let output =
-        cmd!(sh, "{pip} install --quiet --disable-pip-version-check -r {reqs}").quiet().ignore_status().output()?;
+    // Every file pip fetches must have a SHA-256 the requirements list.
+    let output = cmd!(sh, "{pip} install --quiet --disable-pip-version-check --require-hashes -r {reqs}")
+        .quiet()
+        .ignore_status()
+        .output()?;
     if !output.status.success() {
         bail!(
             "pip install -r local/requirements.txt failed (is PyPI reachable?): {}",
@@ -79,6 +104,19 @@ pub fn ensure_venv(sh: &Shell) -> Result<PathBuf> {
     }
     fs::write(&stamp, wanted).context("stamp the venv")?;
     Ok(venv)
+}
+
+/// The requirements (`name==version`) that carry no `--hash`: a pip
+/// requirements text, with `\` continuations.
+pub fn unhashed_requirements(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('-'))
+        .filter(|line| !line.contains("--hash=sha256:"))
+        .map(|line| line.split_whitespace().next().unwrap_or(line).to_string())
+        .collect()
 }
 
 /// A loopback port nobody listens on now.
@@ -99,6 +137,8 @@ pub struct Listening {
 /// port and waits up to `limit` until it listens. `command` gives the command
 /// for a port, `log_for` the file its output goes to. Three ports are tried:
 /// another process may take one between our probe and the server's bind.
+/// The server gets no real AWS credentials, and SIGTERM when we die, even
+/// by SIGKILL: a sandbox never outlives its run.
 pub fn start_listening(
     what: &str,
     limit: Duration,
@@ -125,6 +165,8 @@ fn start_listening_once(
     let log = log_for(port);
     let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let mut command = command(port);
+    scrub_credentials(&mut command);
+    interrupt::die_with_parent(&mut command, Signal::SIGTERM);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -173,6 +215,9 @@ impl Emulator {
                 .env("MOTO_AMIS_PATH", source_amis());
             command
         })?;
+        // It dies with us (SIGTERM), and its instances with it: nothing for
+        // a Packer to clean up there once we are gone.
+        interrupt::endpoint_dies_with_us();
         Ok(Emulator { child: server.child, port: server.port, venv, log: server.log })
     }
 
@@ -223,6 +268,75 @@ mod tests {
         .to_string();
         assert!(error.starts_with("the test server exited (exit status: 3) before it was ready"), "{error}");
         assert!(error.contains("bind: address in use"), "{error}");
+    }
+
+    #[test]
+    fn a_server_dies_with_whoever_started_it() {
+        // The kernel tells the child when the starting thread ends, as it
+        // would when a SIGKILL ends the whole process.
+        let pid = std::thread::spawn(|| {
+            let server = start_listening("the test server", Duration::from_secs(10), scratch_log("orphan"), |port| {
+                let mut command = shell("exec python3 -m http.server --bind 127.0.0.1 \"$0\"");
+                command.arg(port.to_string());
+                command
+            })
+            .unwrap();
+            let pid = server.child.id();
+            std::mem::forget(server);
+            pid
+        })
+        .join()
+        .unwrap();
+        let start = Instant::now();
+        let status = |pid: u32| fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie (state Z) waiting for this process to reap it.
+        while !status(pid).is_empty() && !status(pid).contains(") Z ") {
+            assert!(start.elapsed() < Duration::from_secs(10), "the server outlived its starter: {}", status(pid));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn every_pinned_requirement_is_hashed() {
+        let text = fs::read_to_string(requirements()).unwrap();
+        assert_eq!(unhashed_requirements(&text), Vec::<String>::new());
+        assert!(text.matches("==").count() >= 60, "the pins are all there");
+        let unhashed = "a==1 \\\n    --hash=sha256:00\nb==2\n    # via a\n";
+        assert_eq!(unhashed_requirements(unhashed), ["b==2"]);
+    }
+
+    #[test]
+    fn only_aws_variables_are_scrubbed() {
+        let names = [
+            "AWS_SECRET_ACCESS_KEY",
+            "aws_profile",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "PATH",
+            "AWSX",
+            "MOTO_AMIS_PATH",
+        ];
+        let scrubbed = aws_variables(names.map(OsString::from));
+        assert_eq!(scrubbed, ["AWS_SECRET_ACCESS_KEY", "aws_profile", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]);
+    }
+
+    #[test]
+    fn a_sandbox_server_never_sees_a_real_key() {
+        let dir = project::target_dir().join("test-scratch").join(format!("scrub-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let env_file = dir.join("env");
+        let script = format!("env > {}; exec python3 -m http.server --bind 127.0.0.1 \"$0\"", env_file.display());
+        let mut server = start_listening("the test server", Duration::from_secs(10), scratch_log("scrub"), |port| {
+            let mut command = shell(&script);
+            command.arg(port.to_string()).env("AWS_SECRET_ACCESS_KEY", "real-secret").env("AWS_PROFILE", "prod");
+            command
+        })
+        .unwrap();
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        let env = fs::read_to_string(&env_file).unwrap();
+        assert!(!env.contains("real-secret") && !env.contains("AWS_PROFILE"), "{env}");
+        assert!(env.contains("AWS_SECRET_ACCESS_KEY=spark-packer-local"), "{env}");
+        assert!(env.contains("AWS_SHARED_CREDENTIALS_FILE=/dev/null"), "{env}");
     }
 
     #[test]
