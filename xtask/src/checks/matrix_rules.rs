@@ -133,7 +133,7 @@ impl Scanner<'_> {
 
 /// Line numbers of every value in a JSON text, by path (`images[1].spark.sha512`).
 /// Only called on text serde_json has accepted, so it can be lenient.
-pub fn json_lines(text: &str) -> BTreeMap<String, usize> {
+pub(super) fn json_lines(text: &str) -> BTreeMap<String, usize> {
     let mut scanner = Scanner { bytes: text.as_bytes(), pos: 0, line: 1, lines: BTreeMap::new() };
     scanner.value("");
     scanner.lines
@@ -395,6 +395,6 @@ fn is_hadoop_build(b: &str) -> bool {
         })
 }
 
-pub fn is_sha512(s: &str) -> bool {
+fn is_sha512(s: &str) -> bool {
     s.len() == 128 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
