@@ -252,6 +252,103 @@ impl Aws {
     }
 }
 
+/// One SSM parameter as `get-parameters-by-path` and `get-parameter-history`
+/// report it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Parameter {
+    pub name: String,
+    #[serde(default, rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub data_type: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+pub fn parse_parameters(json: &str) -> Result<Vec<Parameter>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        parameters: Vec<Parameter>,
+    }
+    Ok(serde_json::from_str::<Output>(json).context("parse SSM parameters")?.parameters)
+}
+
+// Calls for `publish`: images by ID, and SSM Parameter Store.
+impl Aws {
+    /// One aws CLI call to `service` in `region`, its stdout on success.
+    fn call(&self, sh: &Shell, service: &str, region: &str, args: &[&str]) -> Result<String> {
+        let program = &self.program;
+        let endpoint: Vec<String> =
+            self.endpoint.iter().flat_map(|e| ["--endpoint-url".to_string(), e.clone()]).collect();
+        let mut command: std::process::Command =
+            cmd!(sh, "{program} {endpoint...} --region {region} --output json {service} {args...}").quiet().into();
+        let output = command.process_group(0).stdin(std::process::Stdio::null()).output().with_context(|| {
+            format!("run `{}`: install the aws CLI (`pip install awscli`) or put it on PATH", program.display())
+        })?;
+        if !output.status.success() {
+            bail!(
+                "aws {service} {} in {region}: {}",
+                args.first().unwrap_or(&""),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        String::from_utf8(output.stdout).context("aws output is not UTF-8")
+    }
+
+    /// The images among `ids` that `region` holds, whoever owns them. Unlike
+    /// `--image-ids`, a filter does not fail the call for an ID it lacks.
+    pub fn images_by_id(&self, sh: &Shell, region: &str, ids: &[&str]) -> Result<Vec<Image>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = format!("Name=image-id,Values={}", ids.join(","));
+        parse_describe_images(&self.ec2(sh, region, &["describe-images", "--filters", &filter])?)
+    }
+
+    /// Every parameter under `path` in `region`, at any depth (the CLI pages).
+    pub fn parameters_by_path(&self, sh: &Shell, region: &str, path: &str) -> Result<Vec<Parameter>> {
+        parse_parameters(&self.call(sh, "ssm", region, &["get-parameters-by-path", "--path", path, "--recursive"])?)
+    }
+
+    /// Writes `name` as a String parameter of data type `aws:ec2:image`;
+    /// `overwrite` makes a new version of an existing one. Returns the version.
+    pub fn put_image_parameter(&self, sh: &Shell, region: &str, name: &str, id: &str, overwrite: bool) -> Result<u64> {
+        let mut args = vec!["put-parameter", "--name", name, "--value", id, "--type", "String"];
+        args.extend(["--data-type", "aws:ec2:image"]);
+        if overwrite {
+            args.push("--overwrite");
+        }
+        let json = self.call(sh, "ssm", region, &args)?;
+        let value: serde_json::Value = serde_json::from_str(&json).context("parse put-parameter output")?;
+        value["Version"].as_u64().context("put-parameter returned no Version")
+    }
+
+    /// Puts `label` on one version of a parameter (moving it from another).
+    pub fn label_parameter_version(
+        &self,
+        sh: &Shell,
+        region: &str,
+        name: &str,
+        version: u64,
+        label: &str,
+    ) -> Result<()> {
+        let version = version.to_string();
+        let args = ["label-parameter-version", "--name", name, "--parameter-version", &version, "--labels", label];
+        self.call(sh, "ssm", region, &args).map(drop)
+    }
+
+    /// Every version of a parameter, oldest first, with its labels.
+    pub fn parameter_history(&self, sh: &Shell, region: &str, name: &str) -> Result<Vec<Parameter>> {
+        parse_parameters(&self.call(sh, "ssm", region, &["get-parameter-history", "--name", name])?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
