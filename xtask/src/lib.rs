@@ -15,6 +15,8 @@ pub mod matrix;
 pub mod packer;
 pub mod progress;
 pub mod project;
+pub mod publish;
+pub mod publishing;
 pub(crate) mod run_report;
 pub(crate) mod site;
 pub(crate) mod template;
