@@ -20,6 +20,7 @@ use crate::{
     matrix::Strategy,
     packer,
     project::{self, display},
+    publishing,
     run_report::Report,
     site::{self, downloads::SourceArgs, Request, Site},
     template::RunStamp,
@@ -129,6 +130,9 @@ pub struct Args {
     /// Print every Packer step of every build as it happens.
     #[arg(long, short)]
     pub verbose: bool,
+
+    #[command(flatten)]
+    pub publish: publishing::BuildArgs,
 }
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
@@ -200,8 +204,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         builds: results,
     };
     drop(run);
+    let published = publishing::after_build(sh, site.aws(), &ami_list_root, &report, &args.publish);
     drop(site);
     let finished = report::finish(&report, args.json);
     drop(lock);
-    finished
+    finished.and(published)
 }
