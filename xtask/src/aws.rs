@@ -367,4 +367,21 @@ mod tests {
         assert_eq!(images[0].virtualization_type, "paravirtual");
         assert_eq!(images[0].tags().get("managed-by"), Some(&"spark-packer"));
     }
+
+    #[test]
+    fn parses_parameter_history() {
+        // Trimmed from `aws ssm get-parameter-history` against moto 5.2.1.
+        let json = r#"{"Parameters": [
+            {"Name": "/p/base/hvm/x86_64/latest/image_id", "Type": "String", "LastModifiedDate": 1795641352.216,
+             "LastModifiedUser": "N/A", "Value": "ami-0ed094fb1304fd857", "Version": 1, "Labels": [],
+             "Tier": "Standard", "DataType": "aws:ec2:image"},
+            {"Name": "/p/base/hvm/x86_64/latest/image_id", "Type": "String", "LastModifiedDate": 1795641353.543,
+             "LastModifiedUser": "N/A", "Value": "ami-12345678", "Version": 2,
+             "Labels": ["run-20261125T210000Z-1a2b"], "Tier": "Standard", "DataType": "aws:ec2:image"}]}"#;
+        let history = parse_parameters(json).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!((history[0].version, history[0].value.as_str()), (1, "ami-0ed094fb1304fd857"));
+        assert_eq!(history[1].labels, ["run-20261125T210000Z-1a2b"]);
+        assert_eq!((history[1].kind.as_str(), history[1].data_type.as_str()), ("String", "aws:ec2:image"));
+    }
 }

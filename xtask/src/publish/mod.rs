@@ -40,8 +40,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "image")]
     pub spark_ec2: Option<PathBuf>,
 
-    /// Only this image; required with --spark-ec2, whose layout holds one.
-    #[arg(long, value_name = "NAME")]
+    /// The one image --spark-ec2 exports (spark_ec2.py's lookup has no
+    /// image level). The other targets publish every image.
+    #[arg(long, value_name = "NAME", requires = "spark_ec2")]
     pub image: Option<String>,
 
     /// Write one SSM parameter per cell under this prefix, e.g. /spark-packer.
@@ -84,16 +85,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     // Read under the tree's lock, so a running build-amis is never half-published.
     let lock = lock::acquire(&root, "publish")?;
-    let mut cells = cells::read_tree(&root)?;
-    if let Some(image) = &args.image {
-        cells.retain(|c| &c.image == image);
-    }
+    let cells = cells::read_tree(&root)?;
     if cells.is_empty() {
-        bail!(
-            "{} records nothing{}: run build-amis first",
-            display(&root),
-            args.image.as_ref().map(|i| format!(" of image {i}")).unwrap_or_default()
-        );
+        bail!("{} records nothing: run build-amis first", display(&root));
     }
     let connection = args.endpoint.connect(sh)?;
     let outcome = publishing::publish(sh, &connection.aws, &cells, &targets, args.dry_run)?;
