@@ -82,6 +82,12 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
             "nothing to publish to: name a target with --spark-ec2 DIR --image NAME, --ssm PREFIX or --manifest FILE"
         );
     }
+    if args.endpoint.local {
+        bail!(
+            "publish --local: the sandbox's emulator starts empty on every run, so it holds none of the AMIs \
+             to check; use `build-amis --local --publish-ssm PREFIX`, or --endpoint with an emulator you keep running"
+        );
+    }
     let root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     // Read under the tree's lock, so a running build-amis is never half-published.
     let lock = lock::acquire(&root, "publish")?;

@@ -183,8 +183,8 @@ pub fn render(outcome: &Outcome) -> String {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     if let Some(export) = &outcome.spark_ec2 {
         for f in &export.files {
-            let _ =
-                writeln!(out, "spark-ec2  {:<9} {}/{} {}", f.action, export.dir, f.path, f.id.as_deref().unwrap_or(""));
+            let id = f.id.as_deref().map(|id| format!(" {id}")).unwrap_or_default();
+            let _ = writeln!(out, "spark-ec2  {:<9} {}/{}{id}", f.action, export.dir, f.path);
             *counts.entry(format!("spark-ec2 files {}", f.action)).or_default() += 1;
         }
     }
@@ -264,5 +264,57 @@ pub(crate) fn after_build(sh: &Shell, aws: &Aws, root: &Path, report: &Report, a
     match outcome.failures() {
         0 => Ok(()),
         n => bail!("{n} SSM parameter(s) could not be written; rerun `cargo xtask publish` with the same target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(region: &str, value: &str, action: ssm::Action, version: Option<u64>) -> ssm::Written {
+        let wanted = ssm::Wanted {
+            region: region.into(),
+            name: "/p/base/hvm/x86_64/latest/image_id".into(),
+            value: value.into(),
+            label: "run-r2".into(),
+        };
+        ssm::Written { change: ssm::Change { wanted, action }, version, error: None }
+    }
+
+    #[test]
+    fn render_lists_every_change_then_counts_them() {
+        let files = vec![
+            FileChange { path: "us-east-1/hvm".into(), action: "update", id: Some("ami-22222222".into()) },
+            FileChange { path: "us-east-1/pvm".into(), action: "remove", id: None },
+        ];
+        let mut failed = written("eu-west-1", "ami-33333333", ssm::Action::Create, None);
+        failed.error = Some("aws ssm put-parameter in eu-west-1: throttled".into());
+        let outcome = Outcome {
+            dry_run: false,
+            cells: 3,
+            spark_ec2: Some(Export { dir: "export".into(), image: "base".into(), files }),
+            ssm: Some(vec![
+                written(
+                    "us-east-1",
+                    "ami-22222222",
+                    ssm::Action::Update { from: "ami-11111111".into(), version: 1 },
+                    Some(2),
+                ),
+                written("us-west-2", "ami-44444444", ssm::Action::Unchanged { version: 4 }, Some(4)),
+                failed,
+            ]),
+            manifest: Some(FileChange { path: "amis.json".into(), action: "unchanged", id: None }),
+        };
+        assert_eq!(outcome.failures(), 1);
+        expect_test::expect![[r#"
+            spark-ec2  update    export/us-east-1/hvm ami-22222222
+            spark-ec2  remove    export/us-east-1/pvm
+            ssm        update    us-east-1 /p/base/hvm/x86_64/latest/image_id = ami-22222222 (was ami-11111111, version 1) -> version 2, label run-r2
+            ssm        unchanged us-west-2 /p/base/hvm/x86_64/latest/image_id = ami-44444444 (version 4)
+            ssm        create    eu-west-1 /p/base/hvm/x86_64/latest/image_id = ami-33333333 FAILED: aws ssm put-parameter in eu-west-1: throttled
+            manifest   unchanged amis.json
+            3 cells checked in EC2; did: 1 SSM parameters failed, 1 SSM parameters unchanged, 1 SSM parameters update, 1 manifest unchanged, 1 spark-ec2 files remove, 1 spark-ec2 files update
+        "#]]
+        .assert_eq(&render(&outcome));
     }
 }
