@@ -196,10 +196,22 @@ pub fn apply(sh: &Shell, aws: &Aws, changes: Vec<Change>) -> Vec<Written> {
                 .and_then(|v| aws.label_parameter_version(sh, &w.region, &w.name, v, &w.label).map(|()| v));
             match result {
                 Ok(version) => Written { change, version: Some(version), error: None },
-                Err(e) => Written { change, version: None, error: Some(format!("{e:#}")) },
+                Err(e) => Written { change, version: None, error: Some(with_fix(format!("{e:#}"))) },
             }
         })
         .collect()
+}
+
+/// An SSM error, with how to fix it where that is known.
+pub fn with_fix(error: String) -> String {
+    if error.contains("ParameterMaxVersionLimitExceeded") {
+        // SSM keeps 100 versions and drops the oldest, unless it has a label: ours all do.
+        return format!(
+            "{error}: SSM keeps 100 versions and will not drop a labelled one; remove the oldest \
+             version's label (`aws ssm unlabel-parameter-version`), then publish again"
+        );
+    }
+    error
 }
 
 #[cfg(test)]
@@ -253,6 +265,14 @@ mod tests {
             let err = check_prefix(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_version_limit_error_says_how_to_get_past_it() {
+        let limit =
+            with_fix("aws ssm put-parameter in us-east-1: An error occurred (ParameterMaxVersionLimitExceeded)".into());
+        assert!(limit.ends_with("(`aws ssm unlabel-parameter-version`), then publish again"), "{limit}");
+        assert_eq!(with_fix("throttled".into()), "throttled");
     }
 
     #[test]
