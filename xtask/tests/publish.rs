@@ -275,3 +275,18 @@ fn build_amis_publishes_only_the_cells_its_run_recorded() {
         assert_eq!(params[&(cell.region.clone(), name(&cell))].value, cell.id, "{}", cell.path());
     }
 }
+
+#[test]
+fn build_amis_refuses_a_bad_publish_prefix_before_any_build() {
+    let tree = scratch("publish-bad-prefix").join("ami-list");
+    // Nothing listens on port 9: a build that started would fail differently.
+    let args = ["build-amis", "--no-provision", "--publish-ssm", "/aws/spark", "--endpoint", "http://127.0.0.1:9"];
+    let output = xtask(&args).args(["--ami-list", tree.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let said = text(&output);
+    assert!(
+        said.contains("error: --publish-ssm: SSM prefix \"/aws/spark\": names under /aws and /ssm are reserved"),
+        "{said}"
+    );
+    assert!(!tree.exists(), "nothing was built or recorded");
+}

@@ -139,6 +139,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix = checks::load_matrix(&args.matrix.clone().unwrap_or_else(project::matrix_file))?;
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
+    args.publish.check()?;
     if args.dry_run {
         return plan::print(&builds, &ami_list_root, args.spark_on_base, args.json);
     }

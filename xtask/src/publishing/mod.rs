@@ -55,6 +55,12 @@ impl BuildArgs {
     pub fn targets(&self) -> Targets {
         Targets { ssm: self.publish_ssm.clone(), ..Targets::default() }
     }
+
+    /// Checked before any build starts: a bad prefix must not wait for the
+    /// end of a long run to be found.
+    pub fn check(&self) -> Result<()> {
+        self.publish_ssm.as_deref().map_or(Ok(()), ssm::check_prefix).context("--publish-ssm")
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -88,7 +94,7 @@ impl Outcome {
 /// write if anything is wrong, then (unless `dry_run`) writes.
 pub fn publish(sh: &Shell, aws: &Aws, cells: &[Cell], targets: &Targets, dry_run: bool) -> Result<Outcome> {
     if let Some(prefix) = &targets.ssm {
-        ssm::check_prefix(prefix)?;
+        ssm::check_prefix(prefix).context("--ssm")?;
     }
     let images = verify::check_all(sh, aws, cells)?;
     let export = match &targets.spark_ec2 {

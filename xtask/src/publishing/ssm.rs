@@ -23,19 +23,21 @@ pub const DATA_TYPE: &str = "aws:ec2:image";
 /// once the 5 levels of a cell are added.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     let Some(rest) = prefix.strip_prefix('/') else {
-        bail!("--ssm {prefix:?}: start the prefix with `/`, e.g. /spark-packer");
+        bail!("SSM prefix {prefix:?}: start the prefix with `/`, e.g. /spark-packer");
     };
     let parts: Vec<&str> = rest.split('/').collect();
     let bad_part = |p: &&str| p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if parts.iter().any(bad_part) {
-        bail!("--ssm {prefix:?}: use `/`-separated names of letters, digits, `_`, `.` and `-`, with no trailing `/`");
+        bail!(
+            "SSM prefix {prefix:?}: use `/`-separated names of letters, digits, `_`, `.` and `-`, with no trailing `/`"
+        );
     }
     let first = parts[0].to_ascii_lowercase();
     if first.starts_with("aws") || first.starts_with("ssm") {
-        bail!("--ssm {prefix:?}: names under /aws and /ssm are reserved by AWS; use e.g. /spark-packer");
+        bail!("SSM prefix {prefix:?}: names under /aws and /ssm are reserved by AWS; use e.g. /spark-packer");
     }
     if parts.len() + 5 > 15 {
-        bail!("--ssm {prefix:?}: SSM allows 15 levels and a cell adds 5; use at most 10 in the prefix");
+        bail!("SSM prefix {prefix:?}: SSM allows 15 levels and a cell adds 5; use at most 10 in the prefix");
     }
     Ok(())
 }
