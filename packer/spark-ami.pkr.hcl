@@ -262,6 +262,7 @@ build {
     only            = ["amazon-ebs.provisioned"]
     execute_command = local.execute_command
     environment_vars = [
+      "SPARK_PACKER_IMAGE=${var.image}",
       "SPARK_VERSION=${var.spark_version}",
       "SPARK_URL=${var.spark_url}",
       "SPARK_SHA512=${var.spark_sha512}",

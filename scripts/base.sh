@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The base image: OS security updates, Python 3 with pip, Java 17, pssh,
-# common tools and Ganglia's gmond where the OS packages it.
+# The base image: OS security updates, Python 3 with pip (and a `python`
+# command), Java 17 with JAVA_HOME for every shell, pssh, wget and common
+# tools, Ganglia's gmond where the OS packages it, and image.json.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,17 +21,17 @@ esac
 case "$OS_FAMILY" in
   debian)
     java=openjdk-17-jre-headless
-    tools=(git curl ca-certificates xfsprogs procps rsync unzip tar gzip)
+    tools=(git curl wget ca-certificates xfsprogs procps rsync unzip tar gzip)
     gmond=ganglia-monitor
     ;;
   amzn2023)
     java="java-17-amazon-corretto-headless"
-    tools=(git curl-minimal ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
+    tools=(git curl-minimal wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
     gmond=""
     ;;
   amzn2)
     java="java-17-amazon-corretto-headless"
-    tools=(git curl ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
+    tools=(git curl wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
     gmond=ganglia-gmond
     ;;
 esac
@@ -55,6 +56,31 @@ fi
 
 java -version 2>&1 | head -n 1 | grep -q '"17\.' || die "Java 17 is not the default java: $(java -version 2>&1 | head -n 1)"
 python3 -m pip --version >/dev/null || die "pip for Python 3 is missing"
+
+# flintrock runs `python ...` before it installs python3 (its issue #227).
+if ! command -v python >/dev/null; then
+  if [[ $OS_FAMILY == debian ]] && pkg_available python-is-python3; then
+    retry 3 10 pkg_install python-is-python3
+  else
+    ln -sfn "$(command -v python3)" /usr/local/bin/python
+    log "python: linked /usr/local/bin/python to python3"
+  fi
+fi
+if ! python --version 2>&1 | grep -q '^Python 3\.'; then
+  note "python: is $(python --version 2>&1) here (the OS needs it); python3 is Python 3"
+fi
+
+# JAVA_HOME for login shells and for commands run over ssh (spark-ec2's).
+java_home=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
+[[ -x $java_home/bin/java ]] || die "cannot tell JAVA_HOME: $java_home/bin/java is not the java on PATH"
+export_for_all_shells java JAVA_HOME "$java_home"
+record_contents image "${SPARK_PACKER_IMAGE:-base}"
+record_contents os "$OS_ID $OS_VERSION"
+record_contents java "$(java -version 2>&1 | head -n 1)"
+record_contents java_home "$java_home"
+record_contents python "$(python3 --version 2>&1)"
+record_contents spark_version none
+record_contents hadoop_version none
 install -d -m 0755 "$(dirname "$BASE_MARKER")"
 printf 'os=%s %s\njava=%s\npython=%s\n' "$OS_ID" "$OS_VERSION" "$(java -version 2>&1 | head -n 1)" "$(python3 --version)" >"$BASE_MARKER"
 log "base: done ($(java -version 2>&1 | head -n 1); $(python3 --version))"

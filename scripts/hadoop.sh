@@ -2,7 +2,7 @@
 # Installs Hadoop next to Spark, when the matrix asks for it: download
 # the tarball at HADOOP_URL (hadoop-<version>.tar.gz), verify its SHA-512, unpack it to
 # /opt/hadoop-<version>, link /opt/hadoop, set HADOOP_HOME and PATH for
-# login shells, and check that `hadoop version` names the version.
+# every shell (PATH for login shells), and check that `hadoop version` names the version.
 #
 # Environment:
 #   HADOOP_VERSION        e.g. 3.3.6
@@ -24,8 +24,9 @@ fetch_verified "$url" "$work/$name.tar.gz" "${HADOOP_SHA512:-}" \
 
 unpack_and_link "$work/$name.tar.gz" "$name" "/opt/$name" /opt/hadoop
 
-export_for_login_shells hadoop HADOOP_HOME /opt/hadoop
+export_for_all_shells hadoop HADOOP_HOME /opt/hadoop
 
 reported=$(/opt/hadoop/bin/hadoop version 2>&1 | head -n 1) || die "hadoop version failed: $reported"
 [[ $reported == "Hadoop $version"* ]] || die "hadoop version says '$reported', expected Hadoop $version"
+record_contents hadoop_version "$version"
 log "hadoop: $reported installed in /opt/$name"

@@ -20,8 +20,9 @@ die() {
 # in /etc/spark-packer/notes, so it is never skipped silently.
 note() {
   printf 'spark-packer: NOTE: %s\n' "$*"
-  mkdir -p /etc/spark-packer
-  printf '%s\n' "$*" >>/etc/spark-packer/notes
+  mkdir -p "$(etc_dir)/spark-packer"
+  printf '%s\n' "$*" >>"$(etc_dir)/spark-packer/notes"
+  if [[ -f $(etc_dir)/spark-packer/contents ]]; then write_image_json; fi
 }
 
 # One field of /etc/os-release, unquoted: read, never sourced or executed.
@@ -223,4 +224,78 @@ ensure_hostname_resolves() {
   printf '127.0.1.1\t%s\n' "$name" >>/etc/hosts
   getent hosts "$name" >/dev/null || die "hostname $name does not resolve even after adding it to /etc/hosts"
   log "hostname $name now resolves (added to /etc/hosts)"
+}
+
+# Where the image describes itself. Only tests point SPARK_PACKER_ETC elsewhere.
+etc_dir() { printf '%s\n' "${SPARK_PACKER_ETC:-/etc}"; }
+
+# set_environment VAR VALUE: VAR in /etc/environment, which PAM reads for
+# every session, login or not (`ssh host command` included), replaced atomically.
+set_environment() {
+  local var=$1 value=$2 file tmp
+  file=$(etc_dir)/environment
+  tmp=$(mktemp "$file.XXXXXX")
+  { grep -v "^$var=" "$file" 2>/dev/null || true; } >"$tmp"
+  printf '%s="%s"\n' "$var" "$value" >>"$tmp"
+  chmod 0644 "$tmp"
+  mv "$tmp" "$file"
+}
+
+# environment_value VAR: VAR's value in /etc/environment, read, never sourced.
+environment_value() {
+  sed -n "s/^$1=\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" "$(etc_dir)/environment" | tail -n 1
+}
+
+# export_for_all_shells NAME VAR DIR: login shells through profile.d (with
+# PATH), every other session through /etc/environment. Launch tools run
+# commands over ssh without a login shell (spark-ec2 needs JAVA_HOME there).
+export_for_all_shells() {
+  export_for_login_shells "$1" "$2" "$3"
+  set_environment "$2" "$3"
+}
+
+# record_contents KEY VALUE: one fact about the image, kept in
+# /etc/spark-packer/contents and rendered into image.json at once.
+record_contents() {
+  local dir file tmp value
+  dir=$(etc_dir)/spark-packer
+  file=$dir/contents
+  value=$(printf '%s' "$2" | tr -d '[:cntrl:]')
+  mkdir -p "$dir"
+  tmp=$(mktemp "$file.XXXXXX")
+  { grep -v "^$1=" "$file" 2>/dev/null || true; } >"$tmp"
+  printf '%s=%s\n' "$1" "$value" >>"$tmp"
+  sort -o "$tmp" "$tmp"
+  chmod 0644 "$tmp"
+  mv "$tmp" "$file"
+  write_image_json
+}
+
+json_string() {
+  local s=${1//\\/\\\\}
+  printf '"%s"' "${s//\"/\\\"}"
+}
+
+# /etc/spark-packer/image.json: every recorded fact, and the notes, as one
+# JSON object for tools (and the manifest's reader) to check against.
+write_image_json() {
+  local dir key value line first=1
+  dir=$(etc_dir)/spark-packer
+  {
+    printf '{\n'
+    while IFS='=' read -r key value; do
+      printf '  %s: %s,\n' "$(json_string "$key")" "$(json_string "$value")"
+    done <"$dir/contents"
+    printf '  "notes": ['
+    if [[ -f $dir/notes ]]; then
+      while IFS= read -r line; do
+        ((first)) || printf ', '
+        first=0
+        json_string "$(printf '%s' "$line" | tr -d '[:cntrl:]')"
+      done <"$dir/notes"
+    fi
+    printf ']\n}\n'
+  } >"$dir/image.json.tmp"
+  chmod 0644 "$dir/image.json.tmp"
+  mv "$dir/image.json.tmp" "$dir/image.json"
 }

@@ -11,6 +11,31 @@ source /etc/profile.d/spark.sh
 [[ -x $SPARK_HOME/bin/spark-class ]] || die "no Spark in $SPARK_HOME: run spark.sh first"
 getent hosts "$(uname -n)" >/dev/null || die "hostname $(uname -n) does not resolve: Spark would fail"
 
+# What launch tools take for granted. A command over ssh is no login shell:
+# it sees /etc/environment (through PAM) and nothing of profile.d.
+log "smoke test: launch tools' needs"
+python --version 2>&1 | grep -q '^Python 3\.' || die "smoke test: \`python\` is not Python 3: $(python --version 2>&1)"
+wget --version >/dev/null 2>&1 || die "smoke test: no wget (spark-ec2's scripts use it)"
+java_home=$(environment_value JAVA_HOME)
+env_spark_home=$(environment_value SPARK_HOME)
+# shellcheck disable=SC2016 # expanded by the clean shell, from its environment
+env -i JAVA_HOME="$java_home" bash --noprofile --norc -c '"$JAVA_HOME/bin/java" -version' >/dev/null 2>&1 ||
+  die "smoke test: JAVA_HOME='$java_home' from /etc/environment runs no java in a non-login shell"
+[[ $env_spark_home == "$SPARK_HOME" ]] ||
+  die "smoke test: /etc/environment has SPARK_HOME='$env_spark_home', profile.d '$SPARK_HOME'"
+image_json=$(etc_dir)/spark-packer/image.json
+python3 - "$image_json" "${SPARK_PACKER_IMAGE:-spark-${SPARK_VERSION:-}}" "${SPARK_VERSION:-}" "$java_home" <<'PY' ||
+import json, sys
+path, image, spark, java_home = sys.argv[1:]
+doc = json.load(open(path))
+want = {"image": image, "spark_version": spark, "java_home": java_home, "spark_home": "/opt/spark"}
+wrong = {k: doc.get(k) for k, v in want.items() if doc.get(k) != v}
+if wrong:
+    sys.exit(f"{path}: {wrong}, expected {want}")
+PY
+  die "smoke test: $image_json does not say what this image is"
+log "smoke test: python, wget, JAVA_HOME and SPARK_HOME outside login shells, and $image_json: ok"
+
 # Everything on loopback, on ports the OS picks: the test needs no network.
 export SPARK_LOCAL_IP=127.0.0.1 SPARK_DAEMON_MEMORY=512m PYSPARK_PYTHON=python3
 work=$(mktemp -d)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs Spark: download the tarball at SPARK_URL (spark-<version>-bin-<hadoop>.tgz),
 # verify its SHA-512, unpack it to /opt/spark-<version>, link /opt/spark, set
-# SPARK_HOME and PATH for login shells, and make the hostname resolve.
+# SPARK_HOME for every shell (and PATH for login shells), record it in
+# image.json, and make the hostname resolve.
 #
 # Environment:
 #   SPARK_VERSION         e.g. 3.5.3
@@ -27,7 +28,10 @@ fetch_verified "$url" "$work/$name.tgz" "${SPARK_SHA512:-}" "$source_label"
 
 unpack_and_link "$work/$name.tgz" "$name" "/opt/spark-$version" /opt/spark
 
-export_for_login_shells spark SPARK_HOME /opt/spark
+export_for_all_shells spark SPARK_HOME /opt/spark
+record_contents image "${SPARK_PACKER_IMAGE:-spark-$version}"
+record_contents spark_version "$version"
+record_contents spark_home /opt/spark
 
 ensure_hostname_resolves
 log "spark: Spark $version installed in /opt/spark-$version"

@@ -485,6 +485,83 @@ impl Aws {
     }
 }
 
+/// One SSM parameter as `get-parameters-by-path` and `get-parameter-history`
+/// report it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Parameter {
+    pub name: String,
+    #[serde(default, rename = "Type")]
+    pub kind: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub data_type: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+pub fn parse_parameters(json: &str) -> Result<Vec<Parameter>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        parameters: Vec<Parameter>,
+    }
+    Ok(serde_json::from_str::<Output>(json).context("parse SSM parameters")?.parameters)
+}
+
+// Calls for `publish`: images by ID, and SSM Parameter Store.
+impl Aws {
+    /// The images among `ids` that `region` holds, whoever owns them. Unlike
+    /// `--image-ids`, a filter does not fail the call for an ID it lacks.
+    pub fn images_by_id(&self, sh: &Shell, region: &str, ids: &[&str]) -> Result<Vec<Image>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = format!("Name=image-id,Values={}", ids.join(","));
+        parse_describe_images(&self.ec2(sh, region, &["describe-images", "--filters", &filter])?)
+    }
+
+    /// Every parameter under `path` in `region`, at any depth (the CLI pages).
+    pub fn parameters_by_path(&self, sh: &Shell, region: &str, path: &str) -> Result<Vec<Parameter>> {
+        parse_parameters(&self.call(sh, region, "ssm", &["get-parameters-by-path", "--path", path, "--recursive"])?)
+    }
+
+    /// Writes `name` as a String parameter of data type `aws:ec2:image`;
+    /// `overwrite` makes a new version of an existing one. Returns the version.
+    pub fn put_image_parameter(&self, sh: &Shell, region: &str, name: &str, id: &str, overwrite: bool) -> Result<u64> {
+        let mut args = vec!["put-parameter", "--name", name, "--value", id, "--type", "String"];
+        args.extend(["--data-type", "aws:ec2:image"]);
+        if overwrite {
+            args.push("--overwrite");
+        }
+        let json = self.call(sh, region, "ssm", &args)?;
+        let value: serde_json::Value = serde_json::from_str(&json).context("parse put-parameter output")?;
+        value["Version"].as_u64().context("put-parameter returned no Version")
+    }
+
+    /// Puts `label` on one version of a parameter (moving it from another).
+    pub fn label_parameter_version(
+        &self,
+        sh: &Shell,
+        region: &str,
+        name: &str,
+        version: u64,
+        label: &str,
+    ) -> Result<()> {
+        let version = version.to_string();
+        let args = ["label-parameter-version", "--name", name, "--parameter-version", &version, "--labels", label];
+        self.call(sh, region, "ssm", &args).map(drop)
+    }
+
+    /// Every version of a parameter, oldest first, with its labels.
+    pub fn parameter_history(&self, sh: &Shell, region: &str, name: &str) -> Result<Vec<Parameter>> {
+        parse_parameters(&self.call(sh, region, "ssm", &["get-parameter-history", "--name", name])?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,5 +605,22 @@ mod tests {
         assert_eq!(found.security_groups, ["sg-i-1", "sg-i-2"]);
         assert_eq!(found.key_pairs, ["packer_k1", "packer_r1_base-hvm-x86_64"]);
         assert!(parse_leftovers(r#"{"Reservations": []}"#, r#"{"KeyPairs": []}"#, "r1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_parameter_history() {
+        // Trimmed from `aws ssm get-parameter-history` against moto 5.2.1.
+        let json = r#"{"Parameters": [
+            {"Name": "/p/base/hvm/x86_64/latest/image_id", "Type": "String", "LastModifiedDate": 1795641352.216,
+             "LastModifiedUser": "N/A", "Value": "ami-0ed094fb1304fd857", "Version": 1, "Labels": [],
+             "Tier": "Standard", "DataType": "aws:ec2:image"},
+            {"Name": "/p/base/hvm/x86_64/latest/image_id", "Type": "String", "LastModifiedDate": 1795641353.543,
+             "LastModifiedUser": "N/A", "Value": "ami-12345678", "Version": 2,
+             "Labels": ["run-20261125T210000Z-1a2b"], "Tier": "Standard", "DataType": "aws:ec2:image"}]}"#;
+        let history = parse_parameters(json).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!((history[0].version, history[0].value.as_str()), (1, "ami-0ed094fb1304fd857"));
+        assert_eq!(history[1].labels, ["run-20261125T210000Z-1a2b"]);
+        assert_eq!((history[1].kind.as_str(), history[1].data_type.as_str()), ("String", "aws:ec2:image"));
     }
 }

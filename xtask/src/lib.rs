@@ -17,6 +17,8 @@ pub(crate) mod matrix;
 pub(crate) mod packer;
 pub(crate) mod progress;
 pub mod project;
+pub mod publish;
+pub mod publishing;
 pub(crate) mod run_report;
 pub(crate) mod site;
 pub(crate) mod sweep;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, build_amis, clean_old_amis, project, validate};
+use xtask::{bench, build_amis, clean_old_amis, project, publish, validate};
 
 /// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
 ///
@@ -25,6 +25,7 @@ enum Command {
     Validate(validate::Args),
     CleanOldAmis(clean_old_amis::Args),
     Bench(bench::Args),
+    Publish(publish::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,5 +55,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(args) => validate::main(&sh, &args),
         Command::CleanOldAmis(args) => clean_old_amis::main(&sh, &args),
         Command::Bench(args) => bench::main(&sh, &args),
+        Command::Publish(args) => publish::main(&sh, &args),
     }
 }

@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long)]
     pub online: bool,
 
+    /// With --online: check the SSM parameters `publish --ssm PREFIX` wrote
+    /// against ami-list, and report any drift (changed by hand, missing, stray).
+    #[arg(long, value_name = "PREFIX", requires = "online")]
+    pub ssm: Option<String>,
+
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 
@@ -147,6 +152,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         let public = matrix.as_ref().and_then(|m| m.preset(&args.preset).ok()).is_some_and(|p| p.public);
         report.problems.extend(check_online(sh, &connection.aws, &recorded, public));
         report.checked.insert("AMIs in EC2", recorded.len());
+        if let Some(prefix) = &args.ssm {
+            report.problems.extend(crate::publishing::validate_ssm(sh, &connection.aws, prefix, &recorded));
+            report.checked.insert("SSM parameters", recorded.len());
+        }
     }
 
     report.problems.sort();

@@ -124,6 +124,9 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     assert!(spark_log.contains("SHA-512 of spark-3.5.3-bin-hadoop3.tgz verified"), "{spark_log}");
     assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
     assert!(spark_log.contains(r#"Adding tag: "spark-packer:smoke-test": "passed""#), "{spark_log}");
+    // Packer's machine-readable log writes each comma as %!(PACKER_COMMA).
+    let needs = "SPARK_HOME outside login shells%!(PACKER_COMMA) and /etc/spark-packer/image.json: ok";
+    assert!(spark_log.contains(needs), "the launch tools' needs were not checked:\n{spark_log}");
     let base_log = build_log(build(&report, "base-hvm-x86_64"));
     // The rootfs has no Java: base.sh really installs it, then runs it.
     let installed = base_log.find("Setting up openjdk-").unwrap_or_else(|| panic!("apt installed no JDK:\n{base_log}"));
@@ -337,4 +340,30 @@ fn checksum_files_in_every_apache_format() {
     let garbage = dir.join("garbage.sha512");
     fs::write(&garbage, "not a checksum\n").unwrap();
     assert!(cmd!(sh, "bash -c {script} lib {lib} {garbage}").quiet().ignore_stderr().run().is_err());
+}
+
+/// lib.sh's records: /etc/environment keeps other lines and replaces its own,
+/// and image.json is valid JSON with every fact and note, quotes included.
+#[test]
+fn environment_and_image_json_records() {
+    let etc = scratch("etc");
+    fs::write(etc.join("environment"), "PATH=\"/usr/bin\"\nJAVA_HOME=\"/old\"\n").unwrap();
+    let sh = Shell::new().unwrap();
+    let _e = sh.push_env("SPARK_PACKER_ETC", &etc);
+    let lib = project::root().join("scripts/lib.sh");
+    let script = r#"set -euo pipefail; source "$1"
+        set_environment JAVA_HOME /usr/lib/jvm/java-17; set_environment SPARK_HOME /opt/spark
+        record_contents image spark-3.5.3; record_contents java 'openjdk version "17.0.13"'
+        note 'pssh: not "packaged"' >/dev/null; record_contents spark_version 3.5.3
+        environment_value JAVA_HOME"#;
+    assert_eq!(cmd!(sh, "bash -c {script} lib {lib}").read().unwrap(), "/usr/lib/jvm/java-17");
+    let environment = fs::read_to_string(etc.join("environment")).unwrap();
+    assert_eq!(environment, "PATH=\"/usr/bin\"\nJAVA_HOME=\"/usr/lib/jvm/java-17\"\nSPARK_HOME=\"/opt/spark\"\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(etc.join("spark-packer/image.json")).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"image": "spark-3.5.3", "java": "openjdk version \"17.0.13\"", "spark_version": "3.5.3",
+            "notes": ["pssh: not \"packaged\""]})
+    );
 }

@@ -27,6 +27,7 @@ use crate::{
     matrix::{Build, Strategy},
     packer,
     project::{self, display},
+    publishing,
     run_report::Report,
     site::{self, downloads::SourceArgs, Request, Site},
     sweep,
@@ -153,6 +154,9 @@ pub struct Args {
     /// Print every Packer step of every build as it happens.
     #[arg(long, short)]
     pub verbose: bool,
+
+    #[command(flatten)]
+    pub publish: publishing::BuildArgs,
 }
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
@@ -160,6 +164,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
+    args.publish.check()?;
     if args.dry_run {
         let verdicts = dry_run_verdicts(sh, args, &builds, &ami_list_root);
         return plan::print(&builds, &ami_list_root, args.spark_on_base, args.json, &verdicts);
@@ -248,11 +253,13 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
         git_commit: run.stamp.git_commit.clone(),
         builds: results,
     };
+    drop(run);
+    let published = publishing::after_build(sh, site.aws(), ami_list_root, &report, &args.publish);
     let finished = report::finish(&report, args.json, args.wide);
     if let Err(e) = journal.finish() {
         eprintln!("warning: {e:#}");
     }
-    finished
+    finished.and(published)
 }
 
 /// The run's first line: what it builds, how, and where its logs go.

@@ -1,0 +1,166 @@
+//! What gets published: the cells ami-list records, read strictly. Anything
+//! in the tree that is not `<image>/<region>/<slot>` holding one AMI ID is an
+//! error, so a damaged tree never publishes half of itself.
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::{ami_list, matrix};
+
+/// One recorded AMI, with its slot split into virtualization and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Cell {
+    pub image: String,
+    pub region: String,
+    pub virt: String,
+    pub arch: String,
+    pub id: String,
+}
+
+impl Cell {
+    /// The ami-list file name: `hvm`, `pv`, `hvm-arm64`.
+    pub fn slot(&self) -> String {
+        matrix::slot(&self.virt, &self.arch)
+    }
+
+    /// `<image>/<region>/<slot>`, as ami-list and the run report name it.
+    pub fn path(&self) -> String {
+        format!("{}/{}/{}", self.image, self.region, self.slot())
+    }
+}
+
+/// `hvm` -> (hvm, x86_64), `pv` -> (pv, x86_64), `hvm-arm64` -> (hvm, arm64):
+/// the inverse of `matrix::slot`.
+pub fn parse_slot(slot: &str) -> Option<(String, String)> {
+    let (virt, arch) = slot.split_once('-').unwrap_or((slot, "x86_64"));
+    let arch_ok = !arch.is_empty() && arch.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let suffixed_x86 = slot.contains('-') && arch == "x86_64";
+    (matches!(virt, "hvm" | "pv") && arch_ok && !suffixed_x86).then(|| (virt.to_string(), arch.to_string()))
+}
+
+/// A cell from its path relative to the tree and its file's content.
+pub fn parse_cell(rel: &str, content: &str) -> Result<Cell> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let [image, region, slot] = parts[..] else {
+        bail!("{rel}: not an <image>/<region>/<slot> file");
+    };
+    let (virt, arch) =
+        parse_slot(slot).with_context(|| format!("{rel}: `{slot}` is not a slot (hvm, pv, hvm-arm64)"))?;
+    let id = ami_list::parse_id(content).with_context(|| rel.to_string())?;
+    Ok(Cell { image: image.to_string(), region: region.to_string(), virt, arch, id })
+}
+
+/// Every cell under `root`, sorted. Fails, naming every problem, on anything
+/// else in the tree (a stray file, a symlink, a temporary file, a bad ID);
+/// only a top-level README.md is allowed.
+pub fn read_tree(root: &Path) -> Result<Vec<Cell>> {
+    if !root.is_dir() {
+        bail!("no ami-list tree at {}: run build-amis first, or name the tree with --ami-list", root.display());
+    }
+    let mut cells = Vec::new();
+    let mut problems = Vec::new();
+    walk(root, root, 0, &mut cells, &mut problems)?;
+    if !problems.is_empty() {
+        bail!(
+            "{} problem{} in {} (run `cargo xtask validate` for details): {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            root.display(),
+            problems.join("; ")
+        );
+    }
+    cells.sort();
+    Ok(cells)
+}
+
+fn walk(root: &Path, dir: &Path, depth: usize, cells: &mut Vec<Cell>, problems: &mut Vec<String>) -> Result<()> {
+    let mut entries: Vec<_> =
+        fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+        // Never follow a symlink: the tree is what is in it.
+        let kind = fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?.file_type();
+        match (depth, kind.is_dir(), kind.is_file()) {
+            (0 | 1, true, _) => walk(root, &path, depth + 1, cells, problems)?,
+            (0, _, true) if rel == "README.md" => {}
+            (2, _, true) => {
+                let content = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+                match parse_cell(&rel, &content) {
+                    Ok(cell) => cells.push(cell),
+                    Err(e) => problems.push(format!("{e:#}")),
+                }
+            }
+            _ => problems.push(format!("{rel}: not an <image>/<region>/<slot> file")),
+        }
+    }
+    Ok(())
+}
+
+/// The cells a build-amis run recorded (`image/region/slot` paths relative to
+/// the tree), with the IDs the tree now holds for them.
+pub fn read_recorded(root: &Path, recorded: &[String]) -> Result<Vec<Cell>> {
+    let mut cells = recorded
+        .iter()
+        .map(|rel| {
+            let path = root.join(rel);
+            let content = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            parse_cell(rel, &content)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    cells.sort();
+    Ok(cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project;
+
+    #[test]
+    fn slots_split_into_virtualization_and_architecture() {
+        assert_eq!(parse_slot("hvm"), Some(("hvm".into(), "x86_64".into())));
+        assert_eq!(parse_slot("pv"), Some(("pv".into(), "x86_64".into())));
+        assert_eq!(parse_slot("hvm-arm64"), Some(("hvm".into(), "arm64".into())));
+        assert_eq!(parse_slot("pvm"), None, "spark-ec2's name is not a slot");
+        assert_eq!(parse_slot("hvm-x86_64"), None, "x86_64 is never suffixed");
+        assert_eq!(parse_slot("hvm-"), None);
+        assert_eq!(parse_slot("hvm-ARM"), None);
+        for (virt, arch) in [("hvm", "x86_64"), ("pv", "x86_64"), ("hvm", "arm64")] {
+            assert_eq!(parse_slot(&matrix::slot(virt, arch)), Some((virt.into(), arch.into())));
+        }
+    }
+
+    #[test]
+    fn a_cell_is_its_path_and_one_id() {
+        let cell = parse_cell("base/eu-west-1/hvm-arm64", "ami-1234abcd\n").unwrap();
+        assert_eq!((cell.virt.as_str(), cell.arch.as_str(), cell.id.as_str()), ("hvm", "arm64", "ami-1234abcd"));
+        assert_eq!(cell.path(), "base/eu-west-1/hvm-arm64");
+        assert!(parse_cell("base/eu-west-1/hvm", "ami-1234abcd").is_err(), "no newline");
+        assert!(parse_cell("base/hvm", "ami-1234abcd\n").is_err());
+    }
+
+    #[test]
+    fn a_tree_with_anything_else_in_it_is_refused_whole() {
+        let root = project::target_dir().join("test-scratch").join(format!("publish-cells-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("base/us-east-1")).unwrap();
+        fs::write(root.join("README.md"), "about\n").unwrap();
+        fs::write(root.join("base/us-east-1/hvm"), "ami-1234abcd\n").unwrap();
+        fs::write(root.join("base/us-east-1/pv"), "ami-5678abcd\n").unwrap();
+        let cells = read_tree(&root).unwrap();
+        assert_eq!(cells.iter().map(Cell::path).collect::<Vec<_>>(), ["base/us-east-1/hvm", "base/us-east-1/pv"]);
+
+        fs::write(root.join("base/us-east-1/.hvm.tmp-7"), "ami-1234abcd\n").unwrap();
+        std::os::unix::fs::symlink("hvm", root.join("base/us-east-1/pvm")).unwrap();
+        let err = format!("{:#}", read_tree(&root).unwrap_err());
+        assert!(err.starts_with("2 problems in"), "{err}");
+        assert!(err.contains("base/us-east-1/.hvm.tmp-7: `.hvm.tmp-7` is not a slot"), "{err}");
+        assert!(err.contains("base/us-east-1/pvm: not an <image>/<region>/<slot> file"), "{err}");
+        assert!(read_tree(&root.join("missing")).unwrap_err().to_string().contains("run build-amis first"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
