@@ -20,7 +20,7 @@ use crate::{
     checks::{self, Entry, ExpectedCells, Problem, Recorded},
     endpoint::EndpointArgs,
     factory::{self, IMAGE_TAG, MANAGED_BY},
-    matrix::{Filters, Strategy},
+    matrix::{Build, Filters, Matrix, Strategy},
     packer,
     project::{self, display},
     template::{self, RunStamp, TemplateVars},
@@ -124,25 +124,8 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
 
-    let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     let recorded = match &matrix {
-        Some(matrix) => {
-            let may_be_missing = args.ami_list.is_none() && args.endpoint.is_emulator();
-            let known = ExpectedCells::from_matrix(matrix);
-            let (entries, refused) = scan_tree(&ami_list_root, may_be_missing, &known)?;
-            report.problems.extend(refused);
-            let (problems, recorded) = checks::check_tree(&display(&ami_list_root), &entries, &known);
-            report.problems.extend(problems);
-            report.not_built = checks::missing_cells(&builds, &recorded);
-            if args.complete {
-                report.problems.extend(report.not_built.iter().map(|cell| Problem {
-                    path: format!("{}/{cell}", display(&ami_list_root)),
-                    line: 1,
-                    message: format!("not built yet (preset `{}`, --complete)", args.preset),
-                }));
-            }
-            recorded
-        }
+        Some(matrix) => check_ami_list(args, matrix, &builds, &mut report)?,
         None => Vec::new(),
     };
     report.checked.insert("ami-list files", recorded.len());
@@ -172,6 +155,26 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         bail!("{} problem{} found", report.problems.len(), if report.problems.len() == 1 { "" } else { "s" });
     }
     Ok(())
+}
+
+/// The ami-list tree's rules, and with --complete the cells not built yet.
+fn check_ami_list(args: &Args, matrix: &Matrix, builds: &[Build], report: &mut Report) -> Result<Vec<Recorded>> {
+    let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
+    let may_be_missing = args.ami_list.is_none() && args.endpoint.is_emulator();
+    let known = ExpectedCells::from_matrix(matrix);
+    let (entries, refused) = scan_tree(&ami_list_root, may_be_missing, &known)?;
+    report.problems.extend(refused);
+    let (problems, recorded) = checks::check_tree(&display(&ami_list_root), &entries, &known);
+    report.problems.extend(problems);
+    report.not_built = checks::missing_cells(builds, &recorded);
+    if args.complete {
+        report.problems.extend(report.not_built.iter().map(|cell| Problem {
+            path: format!("{}/{cell}", display(&ami_list_root)),
+            line: 1,
+            message: format!("not built yet (preset `{}`, --complete)", args.preset),
+        }));
+    }
+    Ok(recorded)
 }
 
 fn print_report(report: &Report, preset: &str) {
