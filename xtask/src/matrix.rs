@@ -143,6 +143,8 @@ pub fn slot(virt: &str, arch: &str) -> String {
 }
 
 impl Matrix {
+    /// Unvalidated: for tests' fixtures. Commands load with `checks::load_matrix`.
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<Matrix> {
         serde_json::from_str(text).context("parse matrix JSON")
     }

@@ -18,7 +18,6 @@ mod testing;
 
 use std::{
     collections::BTreeSet,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -37,7 +36,6 @@ use crate::{
     aws::Aws,
     endpoint::EndpointArgs,
     interrupt, lock,
-    matrix::Matrix,
     progress::{Printer, Stoppable, Style},
     project,
 };
@@ -243,9 +241,7 @@ fn finish(report: &Report, json: bool) -> Result<()> {
 /// The matrix's regions and the ami-list tree's: wherever the factory puts AMIs.
 fn default_regions(listed_regions: BTreeSet<String>) -> Result<Vec<String>> {
     let matrix_file = project::matrix_file();
-    let matrix = fs::read_to_string(&matrix_file)
-        .with_context(|| format!("read {}", matrix_file.display()))
-        .and_then(|text| Matrix::parse(&text))
+    let matrix = crate::checks::load_matrix(&matrix_file)
         .with_context(|| format!("{}: fix it, or name regions with --region", matrix_file.display()))?;
     let mut regions = listed_regions;
     for preset in matrix.presets.values() {

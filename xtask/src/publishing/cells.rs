@@ -61,7 +61,20 @@ pub fn read_tree(root: &Path) -> Result<Vec<Cell>> {
     }
     let mut cells = Vec::new();
     let mut problems = Vec::new();
-    walk(root, root, 0, &mut cells, &mut problems)?;
+    // The one fail-closed walker: never follows a link, never opens a FIFO.
+    for found in ami_list::walk(root)? {
+        let depth = found.path().split('/').count();
+        match found {
+            ami_list::Found::Dir(_) if depth <= 2 => {}
+            ami_list::Found::File(rel, _) if depth == 1 && rel == "README.md" => {}
+            ami_list::Found::File(rel, Some(content)) if depth == 3 => match parse_cell(&rel, &content) {
+                Ok(cell) => cells.push(cell),
+                Err(e) => problems.push(format!("{e:#}")),
+            },
+            ami_list::Found::Refused(rel, why) => problems.push(format!("{rel}: {why}")),
+            other => problems.push(format!("{}: not an <image>/<region>/<slot> file", other.path())),
+        }
+    }
     if !problems.is_empty() {
         bail!(
             "{} problem{} in {} (run `cargo xtask validate` for details): {}",
@@ -73,31 +86,6 @@ pub fn read_tree(root: &Path) -> Result<Vec<Cell>> {
     }
     cells.sort();
     Ok(cells)
-}
-
-fn walk(root: &Path, dir: &Path, depth: usize, cells: &mut Vec<Cell>, problems: &mut Vec<String>) -> Result<()> {
-    let mut entries: Vec<_> =
-        fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-        // Never follow a symlink: the tree is what is in it.
-        let kind = fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?.file_type();
-        match (depth, kind.is_dir(), kind.is_file()) {
-            (0 | 1, true, _) => walk(root, &path, depth + 1, cells, problems)?,
-            (0, _, true) if rel == "README.md" => {}
-            (2, _, true) => {
-                let content = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-                match parse_cell(&rel, &content) {
-                    Ok(cell) => cells.push(cell),
-                    Err(e) => problems.push(format!("{e:#}")),
-                }
-            }
-            _ => problems.push(format!("{rel}: not an <image>/<region>/<slot> file")),
-        }
-    }
-    Ok(())
 }
 
 /// The cells a build-amis run recorded (`image/region/slot` paths relative to
@@ -159,7 +147,7 @@ mod tests {
         let err = format!("{:#}", read_tree(&root).unwrap_err());
         assert!(err.starts_with("2 problems in"), "{err}");
         assert!(err.contains("base/us-east-1/.hvm.tmp-7: `.hvm.tmp-7` is not a slot"), "{err}");
-        assert!(err.contains("base/us-east-1/pvm: not an <image>/<region>/<slot> file"), "{err}");
+        assert!(err.contains("base/us-east-1/pvm: a symlink"), "{err}");
         assert!(read_tree(&root.join("missing")).unwrap_err().to_string().contains("run build-amis first"));
         fs::remove_dir_all(&root).unwrap();
     }
