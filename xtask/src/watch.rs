@@ -45,6 +45,18 @@ pub struct Watch {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The watch's words, if `endpoint` refuses connections right now: for a run
+/// whose builds all failed faster than the watch could give up.
+pub fn refusing_now(endpoint: Option<&str>) -> Option<String> {
+    let url = endpoint?;
+    let (host, port) = host_and_port(url)?;
+    probe(&host, port)?;
+    Some(format!(
+        "the EC2 endpoint {url} refuses connections: is the emulator still running? \
+         Start it again (or drop --endpoint), then rerun with --resume"
+    ))
+}
+
 pub fn start(endpoint: Option<&str>) -> Option<Watch> {
     let url = endpoint?.to_string();
     let (host, port) = host_and_port(&url)?;

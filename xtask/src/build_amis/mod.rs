@@ -255,7 +255,14 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
     };
     drop(run);
     let published = publishing::after_build(sh, site.aws(), ami_list_root, &report, &args.publish);
-    let finished = report::finish(&report, args.json, args.wide);
+    let finished = match report::finish(&report, args.json, args.wide) {
+        // Builds fail in a second when their endpoint is gone: say why.
+        Err(e) => Err(match watch::refused().or_else(|| watch::refusing_now(site.endpoint())) {
+            Some(why) => e.context(why),
+            None => e,
+        }),
+        Ok(()) => Ok(()),
+    };
     if let Err(e) = journal.finish() {
         eprintln!("warning: {e:#}");
     }
