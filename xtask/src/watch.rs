@@ -77,7 +77,12 @@ pub fn start(endpoint: Option<&str>) -> Option<Watch> {
                 interrupt::kill_all();
                 return;
             }
-            std::thread::sleep(EVERY);
+            // In slices, so that dropping the watch at the end of a run waits
+            // a tenth of a second, not a whole probe interval.
+            let slept = std::time::Instant::now();
+            while slept.elapsed() < EVERY && !stopped.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     });
     Some(Watch { stop, thread: Some(thread) })

@@ -221,7 +221,8 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
     announce(&run_id, builds, args, site.endpoint(), &log_dir);
     let clock = Instant::now();
     // The sandbox's emulator starts empty: nothing can be current there.
-    let survey = survey::Survey::take(sh, site, builds, !args.force && !site.starts_empty())?;
+    let list_images = (!args.force && !site.starts_empty()).then_some(ami_list_root);
+    let survey = survey::Survey::take(sh, site, builds, list_images)?;
     let texts = run::InputTexts::read()?;
     let run = run::RunContext {
         stamp,
@@ -300,7 +301,7 @@ fn dry_run_verdicts(
     let look = || -> Result<BTreeMap<String, String>> {
         let request = Request { builds, provision: false, smoke_test: !args.skip_smoke_test, spark_on_base: false };
         let site = Site::open(sh, &args.endpoint, &args.sources, &request)?;
-        let survey = survey::Survey::take(sh, &site, builds, true)?;
+        let survey = survey::Survey::take(sh, &site, builds, Some(ami_list_root))?;
         let texts = run::InputTexts::read()?;
         let known = inputs::RunInputs {
             template: &texts.template,

@@ -20,6 +20,9 @@ use crate::{
     site::Site,
 };
 
+/// How many aws CLI calls the survey makes at once.
+const AWS_CALLS_AT_ONCE: usize = 16;
+
 pub(crate) struct Survey {
     /// (launch region, build name) -> the source AMI its filter resolves to.
     sources: BTreeMap<(String, String), String>,
@@ -41,9 +44,18 @@ pub(crate) enum Currency {
 }
 
 impl Survey {
-    /// Resolves every build's source filter in its launch region, and, when
-    /// `list_images`, lists the factory's images in every region recorded.
-    pub fn take(sh: &Shell, site: &Site, builds: &[Build], list_images: bool) -> Result<Survey> {
+    /// Resolves every build's source filter in its launch region, and, given
+    /// the ami-list tree, lists the factory's images in every region it
+    /// records a cell of these builds in.
+    pub fn take(sh: &Shell, site: &Site, builds: &[Build], list_images: Option<&Path>) -> Result<Survey> {
+        // Each call is an aws CLI process waiting on the network, not on our
+        // cores: run them all at once rather than two at a time.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(AWS_CALLS_AT_ONCE).build()?;
+        let sh = sh.clone(); // a Shell is Send, not Sync
+        pool.install(move || Self::take_all(&sh, site, builds, list_images))
+    }
+
+    fn take_all(sh: &Shell, site: &Site, builds: &[Build], list_images: Option<&Path>) -> Result<Survey> {
         // One call per distinct filter and region: base and Spark share theirs.
         let filters: BTreeSet<(&str, &str, &[String], &str)> = builds
             .iter()
@@ -62,8 +74,17 @@ impl Survey {
                 (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str());
             ((b.region.clone(), b.name.clone()), resolved[&filter].clone())
         });
-        let regions: BTreeSet<&str> = builds.iter().flat_map(|b| b.regions()).collect();
-        let images = if list_images {
+        // Only where ami-list records something: a region with nothing
+        // recorded has nothing that could be current.
+        let recorded = |root: &Path, b: &Build, region: &str| {
+            let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
+            ami_list::read(root, &cell).ok().flatten().is_some()
+        };
+        let regions: BTreeSet<&str> = match list_images {
+            Some(root) => builds.iter().flat_map(|b| b.regions().filter(move |r| recorded(root, b, r))).collect(),
+            None => BTreeSet::new(),
+        };
+        let images = if !regions.is_empty() {
             regions
                 .par_iter()
                 .map_with(sh.clone(), |sh, region| -> Result<(String, BTreeMap<String, Image>)> {
