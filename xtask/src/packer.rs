@@ -404,7 +404,8 @@ mod tests {
     }
 
     /// Recorded from `packer build -machine-readable` (Packer 1.6.6) of
-    /// packer/spark-ami.pkr.hcl against moto: a copy build to 7 regions.
+    /// packer/spark-ami.pkr.hcl against moto (`build-amis --no-provision
+    /// --preset seed-2014 --image base --virt hvm`): a copy build to 7 regions.
     const SUCCESS: &str = include_str!("../tests/fixtures/packer-1.6.6-copy-success.txt");
     /// Recorded the same way: a source AMI filter that matches nothing.
     const NO_SOURCE: &str = include_str!("../tests/fixtures/packer-1.6.6-no-source-ami.txt");
@@ -439,7 +440,7 @@ mod tests {
                 "us-west-2"
             ]
         );
-        assert!(found.iter().all(|a| a.build == "amazon-ebs.ami"));
+        assert!(found.iter().all(|a| a.build == "amazon-ebs.api_only"));
         assert!(found.iter().all(|a| a.ami_id.starts_with("ami-") && a.ami_id.len() == 21));
         assert!(errors(SUCCESS).is_empty());
     }

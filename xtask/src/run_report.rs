@@ -127,8 +127,9 @@ pub(crate) fn save(report: &Report) -> Result<PathBuf> {
 }
 
 /// Build -> the seconds its latest successful run took, from the newest
-/// reports (at most 20): what the live view's estimate starts from.
-pub(crate) fn earlier_seconds(builds: &[String]) -> BTreeMap<String, f64> {
+/// reports (at most 20) of runs provisioned as this one is: what the live
+/// view's estimate starts from.
+pub(crate) fn earlier_seconds(builds: &[String], provisioned: bool) -> BTreeMap<String, f64> {
     let Ok(entries) = fs::read_dir(reports_dir()) else { return BTreeMap::new() };
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
@@ -141,6 +142,10 @@ pub(crate) fn earlier_seconds(builds: &[String]) -> BTreeMap<String, f64> {
         let Ok(report) = fs::read_to_string(path).map_err(anyhow::Error::from).and_then(|t| parse(&t)) else {
             continue;
         };
+        // An API-only build takes seconds; a provisioned one of the same name, minutes.
+        if report.provisioned != provisioned {
+            continue;
+        }
         for build in report.builds.into_iter().filter(|b| b.status == Status::Ok && builds.contains(&b.name)) {
             seconds.insert(build.name, build.seconds);
         }

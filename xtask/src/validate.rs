@@ -465,6 +465,13 @@ pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str
             tags.get(IMAGE_TAG).unwrap_or(&"(none)"),
             recorded.image
         ));
+    } else {
+        // The whole tag set, well formed, and the factory's name: the rule
+        // clean-old-amis trusts before it deletes anything.
+        let owned: BTreeMap<String, String> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Err(why) = factory::check_ami(&image.name, &owned) {
+            problems.push(format!("{id} is not the factory's as its tags and name say: {why}"));
+        }
     }
     if public && !image.public {
         problems.push(format!("{id} is private, but the preset makes public images: rebuild with --public"));
@@ -515,14 +522,20 @@ mod tests {
     fn image(virtualization: &str, tags: &str) -> Image {
         let json = format!(
             r#"{{"Images": [{{"ImageId": "ami-0123456789abcdef0", "State": "available",
+               "Name": "spark-packer-base-hvm-x86_64-20261125T003000Z-1a2b",
                "VirtualizationType": "{virtualization}", "Architecture": "x86_64", "Public": false,
                "Tags": [{tags}]}}]}}"#
         );
         crate::aws::parse_describe_images(&json).unwrap().remove(0)
     }
 
-    const FACTORY: &str =
-        r#"{"Key": "managed-by", "Value": "spark-packer"}, {"Key": "spark-packer:image", "Value": "base"}"#;
+    /// The tags the template writes on a base HVM x86_64 AMI (see factory.rs).
+    const FACTORY: &str = r#"{"Key": "managed-by", "Value": "spark-packer"}, {"Key": "spark-packer:image", "Value": "base"},
+        {"Key": "spark-packer:spark-version", "Value": "none"}, {"Key": "spark-packer:virtualization", "Value": "hvm"},
+        {"Key": "spark-packer:architecture", "Value": "x86_64"}, {"Key": "spark-packer:build", "Value": "base-hvm-x86_64"},
+        {"Key": "spark-packer:run-id", "Value": "20261125T003000Z-1a2b"}, {"Key": "spark-packer:git-commit", "Value": "abc1234"},
+        {"Key": "spark-packer:created-at", "Value": "2026-11-25T00:30:00Z"}, {"Key": "spark-packer:base-ami", "Value": "none"},
+        {"Key": "spark-packer:smoke-test", "Value": "not-provisioned"}"#;
 
     #[test]
     fn a_matching_image_passes() {
@@ -543,6 +556,11 @@ mod tests {
         assert!(wrong_virt[0].contains("is hvm but its file says pv"), "{wrong_virt:?}");
         let untagged = check_image(&recorded("hvm"), Some(&image("hvm", "")), &[], false);
         assert!(untagged[0].contains("lacks the factory's tag"), "{untagged:?}");
+        // managed-by and the image tag alone, as anyone can add by hand: not the factory's.
+        let partial =
+            r#"{"Key": "managed-by", "Value": "spark-packer"}, {"Key": "spark-packer:image", "Value": "base"}"#;
+        let hand_made = check_image(&recorded("hvm"), Some(&image("hvm", partial)), &[], false);
+        assert!(hand_made[0].contains("is not the factory's") && hand_made[0].contains("no spark-packer:run-id tag"));
         let private = check_image(&recorded("hvm"), Some(&image("hvm", FACTORY)), &[], true);
         assert!(private[0].contains("is private"), "{private:?}");
         let arm = check_image(&recorded("hvm-arm64"), Some(&image("hvm", FACTORY)), &[], false);

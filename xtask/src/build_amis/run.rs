@@ -90,7 +90,7 @@ struct LaunchFrom {
 pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<Vec<BuildResult>> {
     let names: Vec<String> = builds.iter().map(|b| b.name.clone()).collect();
     let style = Style {
-        expected: run_report::earlier_seconds(&names),
+        expected: run_report::earlier_seconds(&names, run.site.provision),
         jobs: usize::from(run.jobs),
         ..Style::for_terminal(run.json, run.verbose)
     };
