@@ -45,6 +45,8 @@ use crate::{
 ///
 ///   from-stock      every image from the stock source image (the default)
 ///   spark-on-base   build-amis --spark-on-base: Spark on the new base AMIs
+///
+/// Example: cargo xtask bench --rounds 5 --no-write
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

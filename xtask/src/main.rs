@@ -11,7 +11,13 @@ use xtask::{bench, build_amis, clean_old_amis, project, publish, validate};
 /// 2014 matrix against a local EC2 emulator, with no AWS account. README.md
 /// says more; every command has --help with an example.
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true,
+    after_help = "New here? `cargo xtask build-amis --local --preset seed-2014` needs no AWS account. \
+                  README.md says more; every command's --help has an example."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -42,6 +42,9 @@ use crate::{
 ///
 /// Every problem is printed as `path:line: message`; the exit status is
 /// non-zero if there is any.
+///
+/// Example: `cargo xtask validate`, then after a real build
+/// `cargo xtask validate --online --complete`.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

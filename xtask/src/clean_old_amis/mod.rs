@@ -58,6 +58,9 @@ use crate::{
 /// still uses them. It also deletes the factory's snapshots whose AMI is
 /// already gone (older than --min-age), so a rerun finishes what a killed run
 /// started.
+///
+/// Example: `cargo xtask clean-old-amis --keep 2`, read what it would do,
+/// then the same with --yes.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only these regions, e.g. us-east-1,eu-west-1. Default: every region of
