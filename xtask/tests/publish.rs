@@ -179,7 +179,8 @@ fn ssm_writes_one_parameter_per_cell_keeps_history_and_validate_reports_a_hand_e
     let history = aws.parameter_history(&sh, "sa-east-1", &name(probe)).unwrap();
     assert_eq!(history[0].labels, [format!("run-{first_run}")]);
 
-    let second_run = build(&emulator, &tree, &[]);
+    // --force: nothing changed, so the builds would be current (issue 16); this needs new AMIs.
+    let second_run = build(&emulator, &tree, &["--force"]);
     let again = outcome(&publish(&emulator, &tree, &["--ssm", PREFIX, "--json"]));
     assert_eq!(ssm_actions(&again), BTreeMap::from([("update".to_string(), 32)]));
     let new_id = fs::read_to_string(tree.join("spark-3.5.3/sa-east-1/pv")).unwrap().trim().to_string();
