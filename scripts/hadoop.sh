@@ -26,7 +26,10 @@ unpack_and_link "$work/$name.tar.gz" "$name" "/opt/$name" /opt/hadoop
 
 export_for_all_shells hadoop HADOOP_HOME /opt/hadoop
 
-reported=$(/opt/hadoop/bin/hadoop version 2>&1 | head -n 1) || die "hadoop version failed: $reported"
+# All of its output first, then the first line: `| head -n 1` would close the
+# pipe early, and pipefail would fail on hadoop's SIGPIPE now and then.
+output=$(/opt/hadoop/bin/hadoop version 2>&1) || die "hadoop version failed: $output"
+reported=${output%%$'\n'*}
 [[ $reported == "Hadoop $version"* ]] || die "hadoop version says '$reported', expected Hadoop $version"
 record_contents hadoop_version "$version"
 log "hadoop: $reported installed in /opt/$name"
