@@ -54,7 +54,11 @@ else
   note "ganglia gmond: $gmond is not in this system's repositories; not installed"
 fi
 
-java -version 2>&1 | head -n 1 | grep -q '"17\.' || die "Java 17 is not the default java: $(java -version 2>&1 | head -n 1)"
+# All of java's output, then its first line: `| head -n 1` under pipefail
+# fails now and then when java is still writing as head closes the pipe.
+java_says=$(java -version 2>&1) || die "java -version failed: $java_says"
+java_version=${java_says%%$'\n'*}
+[[ $java_version == *'"17.'* ]] || die "Java 17 is not the default java: $java_version"
 python3 -m pip --version >/dev/null || die "pip for Python 3 is missing"
 
 # flintrock runs `python ...` before it installs python3 (its issue #227).
@@ -76,11 +80,11 @@ java_home=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
 export_for_all_shells java JAVA_HOME "$java_home"
 record_contents image "${SPARK_PACKER_IMAGE:-base}"
 record_contents os "$OS_ID $OS_VERSION"
-record_contents java "$(java -version 2>&1 | head -n 1)"
+record_contents java "$java_version"
 record_contents java_home "$java_home"
 record_contents python "$(python3 --version 2>&1)"
 record_contents spark_version none
 record_contents hadoop_version none
 install -d -m 0755 "$(dirname "$BASE_MARKER")"
-printf 'os=%s %s\njava=%s\npython=%s\n' "$OS_ID" "$OS_VERSION" "$(java -version 2>&1 | head -n 1)" "$(python3 --version)" >"$BASE_MARKER"
-log "base: done ($(java -version 2>&1 | head -n 1); $(python3 --version))"
+printf 'os=%s %s\njava=%s\npython=%s\n' "$OS_ID" "$OS_VERSION" "$java_version" "$(python3 --version)" >"$BASE_MARKER"
+log "base: done ($java_version; $(python3 --version))"

@@ -75,7 +75,7 @@ log "smoke test: starting a standalone master"
   --host 127.0.0.1 --port 0 --webui-port 0 >"$work/master.log" 2>&1 &
 pids+=("$!")
 wait_for "$work/master.log" "Starting Spark master at spark://" "${pids[0]}" master
-master_url=$(grep -o 'spark://127\.0\.0\.1:[0-9]*' "$work/master.log" | head -n 1)
+master_url=$(grep -o -m 1 'spark://127\.0\.0\.1:[0-9]*' "$work/master.log")
 log "smoke test: master at $master_url"
 
 "$SPARK_HOME/bin/spark-class" org.apache.spark.deploy.worker.Worker \
