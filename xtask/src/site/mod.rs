@@ -180,7 +180,7 @@ impl Sandbox {
     /// The rootfs, the key (imported into the emulator) and the mirror.
     fn prepare(sh: &Shell, sources: &SourceArgs, request: &Request, aws: &Aws) -> Result<(Sandbox, Mirror, Mirror)> {
         instance::require_root(sh)?;
-        instance::sweep_stale_instances(sh);
+        // Dead runs' instances are swept by sweep::at_start, once per run.
         eprintln!("local instance: preparing the Debian rootfs (debootstrap and updates, once)");
         let rootfs = instance::ensure_rootfs(sh)?;
         let key = instance::ensure_ssh_key(sh)?;
