@@ -31,6 +31,14 @@ variable "virt" {
 variable "arch" {
   type = string
 }
+variable "os_family" {
+  type        = string
+  description = "OS family from matrix.json (debian-13, al2023, ...), tagged on the AMI."
+}
+variable "java_version" {
+  type        = number
+  description = "Java major version base.sh installs: one the OS packages and the image's Spark runs on."
+}
 variable "region" {
   type        = string
   description = "Where the instance is launched."
@@ -99,7 +107,7 @@ variable "communicator" {
 variable "ssh_username" {
   type        = string
   default     = "ec2-user"
-  description = "Login user: ec2-user on Amazon Linux (scripts run with sudo); root on the local instance."
+  description = "The OS family's login user (admin on Debian, ec2-user on Amazon Linux); the scripts run through sudo."
 }
 variable "ssh_host" {
   type        = string
@@ -172,7 +180,7 @@ locals {
   smoke_test_off = local.has_spark && ! var.smoke_test ? [
     "echo 'spark-packer: WARNING: smoke test OFF (debugging): this image was never shown to run Spark'"
   ] : []
-  # Amazon Linux logs in as ec2-user: the scripts need root.
+  # The images log in as a user (admin, ec2-user): the scripts need root.
   execute_command = var.ssh_username == "root" ? "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}" : "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
   scripts_dir     = "/tmp/spark-packer"
 
@@ -182,6 +190,8 @@ locals {
     "spark-packer:spark-version"  = var.spark_version
     "spark-packer:virtualization" = var.virt
     "spark-packer:architecture"   = var.arch
+    "spark-packer:os"             = var.os_family
+    "spark-packer:java"           = var.java_version
     "spark-packer:build"          = var.build_name
     "spark-packer:run-id"         = var.run_id
     "spark-packer:git-commit"     = var.git_commit
@@ -200,7 +210,7 @@ source "amazon-ebs" "ami" {
   ami_groups                 = var.ami_groups
   instance_type              = var.instance_type
   ami_name                   = "spark-packer-${var.build_name}-${var.run_id}"
-  ami_description            = "spark-packer ${var.image} (${var.virt}, ${var.arch}), run ${var.run_id}"
+  ami_description            = "spark-packer ${var.image} on ${var.os_family} (${var.virt}, ${var.arch}), run ${var.run_id}"
   custom_endpoint_ec2        = var.endpoint_ec2
   skip_credential_validation = var.skip_aws_validation
   skip_region_validation     = var.skip_aws_validation
@@ -263,6 +273,7 @@ build {
     execute_command = local.execute_command
     environment_vars = [
       "SPARK_PACKER_IMAGE=${var.image}",
+      "JAVA_VERSION=${var.java_version}",
       "SPARK_VERSION=${var.spark_version}",
       "SPARK_URL=${var.spark_url}",
       "SPARK_SHA512=${var.spark_sha512}",

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The base image: OS security updates, Python 3 with pip (and a `python`
-# command), Java 17 with JAVA_HOME for every shell, pssh, wget and common
-# tools, Ganglia's gmond where the OS packages it, and image.json.
+# command), Java $JAVA_VERSION (the matrix picks one the OS packages and the
+# image's Spark runs on) with JAVA_HOME for every shell, pssh, wget and
+# common tools, Ganglia's gmond where the OS packages it, and image.json.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 detect_os
+java_major=${JAVA_VERSION:-17}
+[[ $java_major =~ ^[0-9]+$ ]] || die "JAVA_VERSION '$java_major' is not a Java major version such as 17"
 
 log "applying OS security updates"
 case "$OS_FAMILY" in
@@ -20,22 +23,24 @@ esac
 
 case "$OS_FAMILY" in
   debian)
-    java=openjdk-17-jre-headless
+    java=openjdk-$java_major-jre-headless
     tools=(git curl wget ca-certificates xfsprogs procps rsync unzip tar gzip)
     gmond=ganglia-monitor
     ;;
   amzn2023)
-    java="java-17-amazon-corretto-headless"
+    java="java-$java_major-amazon-corretto-headless"
     tools=(git curl-minimal wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
     gmond=""
     ;;
   amzn2)
-    java="java-17-amazon-corretto-headless"
+    java="java-$java_major-amazon-corretto-headless"
     tools=(git curl wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
     gmond=ganglia-gmond
     ;;
 esac
 
+pkg_available "$java" ||
+  die "$java is not in $OS_ID $OS_VERSION's repositories: pick a Java it packages for this OS family in packer/matrix.json"
 log "installing Python 3 with pip, $java and common tools"
 retry 3 10 pkg_install python3 python3-pip "$java" "${tools[@]}"
 
@@ -58,7 +63,10 @@ fi
 # fails now and then when java is still writing as head closes the pipe.
 java_says=$(java -version 2>&1) || die "java -version failed: $java_says"
 java_version=${java_says%%$'\n'*}
-[[ $java_version == *'"17.'* ]] || die "Java 17 is not the default java: $java_version"
+# Java 8 calls itself "1.8.0_…"; later ones "17.0.…".
+want='"'$java_major'.'
+((java_major == 8)) && want='"1.8.'
+[[ $java_version == *"$want"* ]] || die "Java $java_major is not the default java: $java_version"
 python3 -m pip --version >/dev/null || die "pip for Python 3 is missing"
 
 # flintrock runs `python ...` before it installs python3 (its issue #227).

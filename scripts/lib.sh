@@ -51,7 +51,8 @@ detect_os() {
       ;;
   esac
   export OS_ID OS_VERSION OS_FAMILY
-  log "OS: $OS_ID $OS_VERSION ($OS_FAMILY family)"
+  log "OS: $OS_ID $OS_VERSION ($OS_FAMILY family): $(os_release_field PRETTY_NAME)"
+  log "instance: $(uname -m); logged in as ${SUDO_USER:-$(id -un)}, provisioning as $(id -un)${SUDO_USER:+ through sudo}"
 }
 
 # Waits (bounded) while another yum or dnf holds the rpm lock: the 2014

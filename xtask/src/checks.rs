@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{ami_list, matrix, matrix::Matrix};
 
 mod matrix_rules;
+mod os_rules;
 use matrix_rules::unknown_region;
 pub use matrix_rules::{check_matrix, load_matrix, AWS_REGIONS};
 
@@ -36,7 +37,7 @@ pub enum Entry {
 #[derive(Debug, Clone)]
 pub struct ExpectedCells {
     pub images: BTreeSet<String>,
-    /// File names: `hvm`, `pv`, `hvm-arm64`.
+    /// File names: `hvm`, `pv`, `hvm-arm64`, `hvm-arm64.debian-13`.
     pub slots: BTreeSet<String>,
 }
 
@@ -45,9 +46,9 @@ impl ExpectedCells {
         ExpectedCells {
             images: matrix.images.iter().map(|i| i.name.clone()).collect(),
             slots: matrix
-                .virtualization
+                .os_families
                 .iter()
-                .flat_map(|v| v.archs.iter().map(|a| matrix::slot(&v.name, &a.arch)))
+                .flat_map(|os| os.source_amis.iter().map(|s| matrix::slot(&s.virt, &s.arch, os.slot_suffix())))
                 .collect(),
         }
     }
@@ -233,8 +234,9 @@ mod tests {
     fn json_lines_finds_nested_values() {
         let lines = json_lines(MATRIX);
         assert_eq!(lines["images[1].spark.sha512"], line_containing(MATRIX, "\"sha512\""));
+        assert_eq!(lines["os_families[0].login_user"], line_containing(MATRIX, "\"admin\""));
         assert_eq!(lines["presets.seed-2014.regions[4]"], line_containing(MATRIX, "\"sa-east-1\""));
-        assert_eq!(lines["virtualization[1].archs[0].arch"], line_containing(MATRIX, "\"m3.medium\"") - 1);
+        assert_eq!(lines["virtualization[1].archs[0].arch"], line_containing(MATRIX, "\"m3.medium\""));
     }
 
     /// Each bad matrix: the edit, the line it must be reported on (by a text
@@ -282,7 +284,6 @@ mod tests {
             ),
             ("bad hadoop build", edited("\"hadoop3\"", "\"hdp3\""), "\"hdp3\"", "not an Apache build suffix"),
             ("no checksum", edited(sha, "PENDING"), "PENDING", "has no checksum"),
-            ("empty checksum", edited(sha, ""), "\"sha512\": \"\"", "has no checksum"),
             ("short checksum", edited(sha, &sha[..64]), &sha[..64], "is not a SHA-512"),
             ("upper-case checksum", edited(sha, &sha.to_uppercase()), "3B041E", "is not a SHA-512"),
             (
@@ -300,21 +301,42 @@ mod tests {
             (
                 "pv with arm64",
                 edited(
-                    "\"arch\": \"x86_64\",\n          \"instance_type\": \"m3.medium\"",
-                    "\"arch\": \"arm64\",\n          \"instance_type\": \"m3.medium\"",
+                    "{ \"arch\": \"x86_64\", \"instance_type\": \"m3.medium\" }",
+                    "{ \"arch\": \"arm64\", \"instance_type\": \"m3.medium\" }",
                 ),
-                "\"arch\": \"arm64\",\n          \"instance_type\": \"m3.medium\"",
+                "{ \"arch\": \"arm64\", \"instance_type\": \"m3.medium\" }",
                 "PV with arm64",
             ),
             ("empty instance type", edited("\"m7g.large\"", "\"\""), "\"instance_type\": \"\"", "empty instance type"),
             (
                 "no owners",
-                edited(
-                    "\"owners\": [\"amazon\"] }\n        }\n      ]\n    },\n    {\n      \"name\": \"pv\"",
-                    "\"owners\": [] }\n        }\n      ]\n    },\n    {\n      \"name\": \"pv\"",
-                ),
+                edited("\"owners\": [\"136693071363\"] }", "\"owners\": [] }"),
                 "\"owners\": [] }",
                 "no source AMI owners",
+            ),
+            (
+                "root login",
+                edited("\"login_user\": \"admin\"", "\"login_user\": \"root\""),
+                "\"root\"",
+                "the provisioners run through sudo",
+            ),
+            (
+                "unknown OS in preset",
+                edited("\"os\": [\"debian-13\"]", "\"os\": [\"debian-14\"]"),
+                "\"debian-14\"",
+                "names unknown OS family `debian-14`",
+            ),
+            (
+                "Spark on an OS without its Java",
+                edited("\"images\": [\"base\", \"spark-4.3.0\"]", "\"images\": [\"base\", \"spark-3.5.3\"]"),
+                "\"images\": [\"base\", \"spark-3.5.3\"]",
+                "preset `default` builds spark-3.5.3 (Java [8, 11, 17]) on debian-13, which packages Java [21, 25] only",
+            ),
+            (
+                "two seed-named families on one cell",
+                edited("{ \"virt\": \"pv\", \"arch\": \"x86_64\"", "{ \"virt\": \"hvm\", \"arch\": \"x86_64\""),
+                "\"amzn-ami-pv-*-x86_64-ebs\"",
+                "two families with seed_slots both build hvm x86_64",
             ),
             (
                 "unknown region",
@@ -331,7 +353,7 @@ mod tests {
             (
                 "unknown image in preset",
                 edited(
-                    "\"images\": [\"base\", \"spark-3.5.3\"],\n      \"virtualization\": [\"hvm\"]",
+                    "\"images\": [\"base\", \"spark-4.3.0\"],\n      \"virtualization\": [\"hvm\"]",
                     "\"images\": [\"base\", \"spark-9.9.9\"],\n      \"virtualization\": [\"hvm\"]",
                 ),
                 "spark-9.9.9",

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod local;
 pub mod lock;
 pub(crate) mod matrix;
+pub(crate) mod os_support;
 pub(crate) mod packer;
 pub(crate) mod progress;
 pub mod project;

@@ -15,6 +15,7 @@ pub const BASE_IMAGE: &str = "base";
 #[serde(deny_unknown_fields)]
 pub struct Matrix {
     pub images: Vec<Image>,
+    pub os_families: Vec<OsFamily>,
     pub virtualization: Vec<Virtualization>,
     pub presets: BTreeMap<String, Preset>,
 }
@@ -35,6 +36,8 @@ pub struct Spark {
     pub hadoop_build: String,
     /// SHA-512 of Apache's tarball, lowercase hex.
     pub sha512: String,
+    /// The Java major versions this Spark runs on (its docs' overview page).
+    pub java: Vec<u32>,
     /// Hadoop to install next to Spark (scripts/hadoop.sh); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_hadoop: Option<Hadoop>,
@@ -60,7 +63,41 @@ pub struct Virtualization {
 pub struct ArchSettings {
     pub arch: String,
     pub instance_type: String,
-    pub source_ami: SourceAmi,
+}
+
+/// An operating system the images are built on: where its source images
+/// come from, how Packer logs in, the Java it packages, and the local stand-in
+/// that proves it in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsFamily {
+    pub name: String,
+    pub about: String,
+    /// `ID VERSION_ID` of its /etc/os-release, e.g. `debian 13`: planning asks
+    /// scripts/lib.sh's detect_os whether the provisioners support it.
+    pub os_release: String,
+    /// Packer's SSH user; the provisioners run through sudo, never as root.
+    pub login_user: String,
+    /// The Java major versions its repositories package, preferred first.
+    pub java: Vec<u32>,
+    /// The Debian suite debootstrapped as its local instance; none when the
+    /// sandbox cannot stand in for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_suite: Option<String>,
+    /// Keep the seed's ami-list names (`hvm`, `pv`) with no `.<os>` suffix.
+    #[serde(default)]
+    pub seed_slots: bool,
+    pub source_amis: Vec<SourceImage>,
+}
+
+/// The source image of one virtualization and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceImage {
+    pub virt: String,
+    pub arch: String,
+    #[serde(flatten)]
+    pub filter: SourceAmi,
 }
 
 /// The `source_ami_filter` Packer uses: newest image with this name pattern
@@ -72,10 +109,23 @@ pub struct SourceAmi {
     pub owners: Vec<String>,
 }
 
+impl OsFamily {
+    pub fn source(&self, virt: &str, arch: &str) -> Option<&SourceAmi> {
+        self.source_amis.iter().find(|s| s.virt == virt && s.arch == arch).map(|s| &s.filter)
+    }
+
+    /// The Java this family installs for `image`: the first it packages that
+    /// the image's Spark runs on (any, for base).
+    pub fn java_for(&self, image: &Image) -> Option<u32> {
+        self.java.iter().copied().find(|v| image.spark.as_ref().is_none_or(|s| s.java.contains(v)))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     pub about: String,
+    pub os: Vec<String>,
     pub images: Vec<String>,
     pub virtualization: Vec<String>,
     pub archs: Vec<String>,
@@ -98,6 +148,7 @@ pub enum Strategy {
 /// What the user narrowed the preset to; an empty list keeps the whole axis.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
+    pub os: Vec<String>,
     pub images: Vec<String>,
     pub virts: Vec<String>,
     pub archs: Vec<String>,
@@ -109,6 +160,9 @@ pub struct Filters {
 pub struct Build {
     pub name: String,
     pub image: Image,
+    pub os: OsFamily,
+    /// The Java major version the provisioners install.
+    pub java: u32,
     pub virt: String,
     pub arch: String,
     pub instance_type: String,
@@ -126,20 +180,56 @@ impl Build {
         std::iter::once(self.region.as_str()).chain(self.copy_regions.iter().map(String::as_str))
     }
 
-    /// The ami-list file name for this virtualization and architecture.
+    /// The ami-list file name for this OS, virtualization and architecture.
     pub fn slot(&self) -> String {
-        slot(&self.virt, &self.arch)
+        slot(&self.virt, &self.arch, self.os.slot_suffix())
+    }
+}
+
+impl OsFamily {
+    /// None for the seed's families, which keep the seed's file names.
+    pub fn slot_suffix(&self) -> Option<&str> {
+        (!self.seed_slots).then_some(self.name.as_str())
     }
 }
 
 /// The ami-list file name: `hvm`, `pv`, or `<virt>-<arch>` for anything but
-/// x86_64, which keeps the seed's names for the seed's AMIs.
-pub fn slot(virt: &str, arch: &str) -> String {
-    if arch == "x86_64" {
-        virt.to_string()
-    } else {
-        format!("{virt}-{arch}")
+/// x86_64, which keeps the seed's names for the seed's AMIs; then `.<os>`
+/// unless the OS family keeps the seed's names (`hvm-arm64.debian-13`).
+pub fn slot(virt: &str, arch: &str, os: Option<&str>) -> String {
+    let bare = if arch == "x86_64" { virt.to_string() } else { format!("{virt}-{arch}") };
+    match os {
+        Some(os) => format!("{bare}.{os}"),
+        None => bare,
     }
+}
+
+/// What an ami-list file name says: the inverse of [`slot`]. `hvm` ->
+/// (hvm, x86_64), `hvm-arm64.debian-13` -> (hvm, arm64, debian-13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotParts {
+    pub virt: String,
+    pub arch: String,
+    pub os: Option<String>,
+}
+
+pub fn parse_slot(slot: &str) -> Option<SlotParts> {
+    let (bare, os) = match slot.split_once('.') {
+        Some((bare, os)) => (bare, Some(os)),
+        None => (slot, None),
+    };
+    let name_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if os.is_some_and(|os| !os.split('-').all(name_ok)) {
+        return None;
+    }
+    let (virt, arch) = bare.split_once('-').unwrap_or((bare, "x86_64"));
+    let arch_ok = !arch.is_empty() && arch.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let suffixed_x86 = bare.contains('-') && arch == "x86_64";
+    (matches!(virt, "hvm" | "pv") && arch_ok && !suffixed_x86).then(|| SlotParts {
+        virt: virt.to_string(),
+        arch: arch.to_string(),
+        os: os.map(str::to_string),
+    })
 }
 
 impl Matrix {
@@ -164,7 +254,12 @@ impl Matrix {
         self.virtualization.iter().find(|v| v.name == virt)?.archs.iter().find(|a| a.arch == arch)
     }
 
-    /// Expands a preset, narrowed by `filters`, into Packer builds.
+    pub fn os_family(&self, name: &str) -> Option<&OsFamily> {
+        self.os_families.iter().find(|os| os.name == name)
+    }
+
+    /// Expands a preset, narrowed by `filters`, into Packer builds. Refuses
+    /// an image whose Spark runs on no Java the OS family packages.
     pub fn expand(&self, preset_name: &str, filters: &Filters, strategy: Strategy, public: bool) -> Result<Vec<Build>> {
         let preset = self.preset(preset_name)?;
         let pick = |axis: &str, all: &[String], wanted: &[String]| -> Result<Vec<String>> {
@@ -179,6 +274,7 @@ impl Matrix {
             }
             Ok(all.iter().filter(|x| wanted.is_empty() || wanted.contains(x)).cloned().collect())
         };
+        let oses = pick("OS family", &preset.os, &filters.os)?;
         let images = pick("image", &preset.images, &filters.images)?;
         let virts = pick("virtualization", &preset.virtualization, &filters.virts)?;
         let archs = pick("architecture", &preset.archs, &filters.archs)?;
@@ -197,32 +293,45 @@ impl Matrix {
             let image = self.image(image_name).with_context(|| {
                 format!("preset `{preset_name}` names image `{image_name}`, which matrix.json does not define")
             })?;
-            for virt in &virts {
-                for arch in &archs {
-                    // Not every virtualization runs every architecture (PV is x86_64 only).
-                    let Some(settings) = self.arch_settings(virt, arch) else {
-                        continue;
-                    };
-                    let cell = |region: &str, copy_regions: Vec<String>, name: String| Build {
-                        name,
-                        image: image.clone(),
-                        virt: virt.clone(),
-                        arch: arch.clone(),
-                        instance_type: settings.instance_type.clone(),
-                        source_ami: settings.source_ami.clone(),
-                        region: region.to_string(),
-                        copy_regions,
-                        public,
-                    };
-                    let base_name = format!("{image_name}-{virt}-{arch}");
-                    match strategy {
-                        Strategy::Copy => {
-                            let copies = regions.iter().filter(|r| **r != build_region).cloned().collect();
-                            builds.push(cell(&build_region, copies, base_name));
-                        }
-                        Strategy::Native => {
-                            for region in &regions {
-                                builds.push(cell(region, Vec::new(), format!("{base_name}-{region}")));
+            for os_name in &oses {
+                let os = self.os_family(os_name).with_context(|| {
+                    format!("preset `{preset_name}` names OS family `{os_name}`, which matrix.json does not define")
+                })?;
+                let java = java_or_refuse(image, os)?;
+                for virt in &virts {
+                    for arch in &archs {
+                        // Not every OS family offers every virtualization and
+                        // architecture (PV is x86_64 Amazon Linux AMI only).
+                        let (Some(settings), Some(source)) = (self.arch_settings(virt, arch), os.source(virt, arch))
+                        else {
+                            continue;
+                        };
+                        let cell = |region: &str, copy_regions: Vec<String>, name: String| Build {
+                            name,
+                            image: image.clone(),
+                            os: os.clone(),
+                            java,
+                            virt: virt.clone(),
+                            arch: arch.clone(),
+                            instance_type: settings.instance_type.clone(),
+                            source_ami: source.clone(),
+                            region: region.to_string(),
+                            copy_regions,
+                            public,
+                        };
+                        let base_name = match os.slot_suffix() {
+                            Some(os) => format!("{image_name}-{os}-{virt}-{arch}"),
+                            None => format!("{image_name}-{virt}-{arch}"),
+                        };
+                        match strategy {
+                            Strategy::Copy => {
+                                let copies = regions.iter().filter(|r| **r != build_region).cloned().collect();
+                                builds.push(cell(&build_region, copies, base_name));
+                            }
+                            Strategy::Native => {
+                                for region in &regions {
+                                    builds.push(cell(region, Vec::new(), format!("{base_name}-{region}")));
+                                }
                             }
                         }
                     }
@@ -232,11 +341,27 @@ impl Matrix {
         if builds.is_empty() {
             bail!(
                 "the filters leave nothing to build in preset `{preset_name}` \
-                 (PV builds only x86_64); widen --image, --virt, --arch or --region"
+                 (each OS family has source images for some virtualization types and architectures only; \
+                 PV is x86_64 only); widen --os, --image, --virt, --arch or --region"
             );
         }
         Ok(builds)
     }
+}
+
+/// The Java `os` installs for `image`, or why the pair cannot be built.
+fn java_or_refuse(image: &Image, os: &OsFamily) -> Result<u32> {
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    os.java_for(image).with_context(|| {
+        let runs_on = image.spark.as_ref().map_or_else(String::new, |s| list(&s.java));
+        format!(
+            "{} runs on Java {runs_on}, but {} packages Java {} only: \
+             drop the pair with --image or --os, or choose another --preset",
+            image.name,
+            os.name,
+            list(&os.java)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -279,19 +404,51 @@ mod tests {
     }
 
     #[test]
-    fn default_preset_is_hvm_on_both_architectures() {
+    fn default_preset_is_debian_13_hvm_on_both_architectures() {
         let builds = checked_in().expand("default", &Filters::default(), Strategy::Copy, false).unwrap();
         let slots: Vec<String> = builds.iter().map(|b| format!("{} {}", b.name, b.slot())).collect();
         assert_eq!(
             slots,
             [
-                "base-hvm-x86_64 hvm",
-                "base-hvm-arm64 hvm-arm64",
-                "spark-3.5.3-hvm-x86_64 hvm",
-                "spark-3.5.3-hvm-arm64 hvm-arm64"
+                "base-debian-13-hvm-x86_64 hvm.debian-13",
+                "base-debian-13-hvm-arm64 hvm-arm64.debian-13",
+                "spark-4.3.0-debian-13-hvm-x86_64 hvm.debian-13",
+                "spark-4.3.0-debian-13-hvm-arm64 hvm-arm64.debian-13"
             ]
         );
         assert_eq!(builds[1].instance_type, "m7g.large");
+        assert_eq!(builds[1].source_ami.name, "debian-13-arm64-*");
+        assert_eq!(builds[1].os.login_user, "admin");
+        assert!(builds.iter().all(|b| b.java == 21), "Debian 13 packages 21 and 25; Spark 4 runs on 17 and 21");
+    }
+
+    #[test]
+    fn seed_preset_keeps_the_seed_names_on_amazon_linux() {
+        let builds = checked_in().expand("seed-2014", &Filters::default(), Strategy::Copy, false).unwrap();
+        let oses: Vec<(&str, &str, u32)> =
+            builds.iter().map(|b| (b.name.as_str(), b.os.name.as_str(), b.java)).collect();
+        assert_eq!(
+            oses,
+            [
+                ("base-hvm-x86_64", "al2023", 17),
+                ("base-pv-x86_64", "amzn-pv", 8),
+                ("spark-3.5.3-hvm-x86_64", "al2023", 17),
+                ("spark-3.5.3-pv-x86_64", "amzn-pv", 8)
+            ]
+        );
+        assert_eq!(builds[1].slot(), "pv");
+    }
+
+    #[test]
+    fn spark_without_a_java_the_os_packages_is_refused_at_planning() {
+        let mut m = checked_in();
+        m.presets.get_mut("default").unwrap().images.push("spark-3.5.3".into());
+        let err = m.expand("default", &Filters::default(), Strategy::Copy, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spark-3.5.3 runs on Java 8, 11, 17, but debian-13 packages Java 21, 25 only: \
+             drop the pair with --image or --os, or choose another --preset"
+        );
     }
 
     #[test]
@@ -327,7 +484,7 @@ mod tests {
              pick one of those or choose another --preset"
         );
         let err = checked_in().expand("nope", &Filters::default(), Strategy::Copy, false).unwrap_err();
-        assert_eq!(err.to_string(), "unknown preset `nope`: choose one of default, seed-2014");
+        assert_eq!(err.to_string(), "unknown preset `nope`: choose one of default, seed-2014, spark-3.5");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Cells of the preset with no ami-list file ("not built yet").
     pub not_built: Vec<String>,
+    /// OS families of the preset the provisioners refuse (scripts/lib.sh's
+    /// detect_os): build-amis refuses their provisioned builds before launch.
+    pub api_only: Vec<String>,
     pub checked: BTreeMap<&'static str, usize>,
     pub seconds: f64,
 }
@@ -124,6 +127,14 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     );
     report.problems.extend(templates?);
     report.checked.insert("packer builds", builds.len());
+    let families: BTreeMap<&str, &crate::matrix::OsFamily> =
+        builds.iter().map(|b| (b.os.name.as_str(), &b.os)).collect();
+    for (name, os) in &families {
+        if let Err(why) = crate::os_support::provisioners_support(sh, os)? {
+            report.api_only.push(format!("{name} ({why})"));
+        }
+    }
+    report.checked.insert("OS families", families.len());
     report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
 
@@ -190,6 +201,12 @@ fn print_report(report: &Report, preset: &str) {
             report.not_built.len(),
             if report.not_built.len() == 1 { "" } else { "s" },
             report.not_built.join(", ")
+        );
+    }
+    for family in &report.api_only {
+        println!(
+            "note: preset `{preset}`: the provisioners do not support {family}; \
+             build-amis builds it API-only (--no-provision) and refuses it provisioned"
         );
     }
     let checked: Vec<String> = report.checked.iter().map(|(what, n)| format!("{n} {what}")).collect();
@@ -444,10 +461,9 @@ pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str
     if image.state != "available" {
         problems.push(format!("{id} is `{}`, not available", image.state));
     }
-    let (virt, arch) = match recorded.slot.split_once('-') {
-        Some((virt, arch)) => (virt, arch),
-        None => (recorded.slot.as_str(), "x86_64"),
-    };
+    let parts = crate::matrix::parse_slot(&recorded.slot);
+    let (virt, arch) =
+        parts.as_ref().map_or((recorded.slot.as_str(), "x86_64"), |p| (p.virt.as_str(), p.arch.as_str()));
     let found_virt = factory::virt_name(&image.virtualization_type);
     if found_virt != virt {
         problems.push(format!(

@@ -300,3 +300,45 @@ fn spark_on_base_starts_from_this_runs_base_or_the_recorded_one() {
     assert_eq!(status, "failed");
     assert!(error.starts_with("not built: its base, base-pv-x86_64, failed"), "{error}");
 }
+
+/// What cannot be provisioned is refused before anything launches: the
+/// seed's PV builds (Amazon Linux AMI 2018.03, which the scripts refuse)
+/// against an endpoint, and Amazon Linux with --local, which has no stand-in.
+#[test]
+fn builds_that_cannot_be_provisioned_are_refused_before_launch() {
+    let sh = Shell::new().unwrap();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let dir = scratch("unprovable");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["build-amis", "--preset", "seed-2014", "--endpoint", &emulator.endpoint(), "--ami-list"])
+        .arg(dir.join("ami-list"));
+    for (key, value) in local::DUMMY_CREDENTIALS {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("amzn-pv (base-pv-x86_64, spark-3.5.3-pv-x86_64) cannot be provisioned: scripts/lib.sh says \"unsupported OS 'amzn 2018.03'")
+            && stderr.contains("nothing was launched. Pass --no-provision"),
+        "{stderr}"
+    );
+    assert_eq!(launches(&emulator), BTreeMap::new(), "a refused build launched");
+    assert!(!dir.join("ami-list").exists(), "a refused run wrote ami-list");
+
+    // With --local, Amazon Linux 2023: one line, naming what can be proven.
+    let output = common::xtask(&["build-amis", "--local", "--preset", "seed-2014", "--os", "al2023"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: --local cannot prove al2023 (base-hvm-x86_64, spark-3.5.3-hvm-x86_64): it has no local stand-in; the families proven locally are debian-13, debian-12"),
+        "{stderr}"
+    );
+    // API-only, the same builds are fine.
+    let dry = common::xtask(&["build-amis", "--local", "--preset", "seed-2014", "--no-provision", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", common::text(&dry));
+}

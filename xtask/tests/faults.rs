@@ -252,7 +252,7 @@ fn bad_input_gets_a_one_line_error_that_names_the_fix() {
             "unknown preset",
             args(&["build-amis", "--dry-run", "--preset", "nope"]),
             vec![],
-            "unknown preset `nope`: choose one of default, seed-2014",
+            "unknown preset `nope`: choose one of default, seed-2014, spark-3.5",
         ),
         (
             "unknown image",

@@ -15,13 +15,16 @@ use xtask::{local, project};
 mod common;
 use common::scratch;
 
-/// A copy of the matrix whose HVM x86_64 builds start from our own images named `newsrc-*`.
+/// A copy of the matrix whose HVM x86_64 Amazon Linux 2023 builds start from
+/// our own images named `newsrc-*`.
 fn matrix_with_own_source(dir: &Path) -> std::path::PathBuf {
     let mut matrix: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
-    let hvm = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "hvm").unwrap();
-    let x86 = hvm["archs"].as_array_mut().unwrap().iter_mut().find(|a| a["arch"] == "x86_64").unwrap();
-    x86["source_ami"] = serde_json::json!({"name": "newsrc-*-x86_64", "owners": ["self"]});
+    let al2023 = matrix["os_families"].as_array_mut().unwrap().iter_mut().find(|o| o["name"] == "al2023").unwrap();
+    let sources = al2023["source_amis"].as_array_mut().unwrap();
+    let x86 = sources.iter_mut().find(|s| s["virt"] == "hvm" && s["arch"] == "x86_64").unwrap();
+    x86["name"] = "newsrc-*-x86_64".into();
+    x86["owners"] = serde_json::json!(["self"]);
     let path = dir.join("matrix.json");
     fs::write(&path, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
     path

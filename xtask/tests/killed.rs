@@ -276,7 +276,7 @@ fn kill_9_of_a_local_run_leaves_no_server_no_mount_and_a_journal_to_resume() {
     let dir = scratch("killed-local");
     let tree = dir.join("ami-list");
     let stderr_file = dir.join("stderr");
-    let filters = ["--image", "base,spark-3.5.3", "--virt", "hvm", "--arch", "x86_64", "--region", "us-east-1"];
+    let filters = ["--preset", "spark-3.5", "--image", "base,spark-3.5.3", "--arch", "x86_64", "--region", "us-east-1"];
     let mut args = vec!["build-amis", "--local"];
     args.extend(filters);
     args.extend(["--ami-list", tree.to_str().unwrap()]);
@@ -359,7 +359,7 @@ fn kill_9_of_a_local_run_leaves_no_server_no_mount_and_a_journal_to_resume() {
     // unfinished, and --resume takes it.
     let (path, doc) = read_journal(&run_id);
     let names: Vec<&str> = doc.builds.iter().map(|b| b.name.as_str()).collect();
-    assert_eq!(names, ["base-hvm-x86_64", "spark-3.5.3-hvm-x86_64"]);
+    assert_eq!(names, ["base-debian-12-hvm-x86_64", "spark-3.5.3-debian-12-hvm-x86_64"]);
     let unfinished: Vec<&str> = doc.builds.iter().filter(|b| b.status != "ok").map(|b| b.name.as_str()).collect();
     // A build whose Packer had exited may still have been recording.
     assert!(unfinished.len() >= packers, "every build running at the kill is unfinished: {:?}", doc.builds);

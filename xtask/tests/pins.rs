@@ -50,7 +50,16 @@ fn a_real_build_checks_the_matrix_pin_not_the_mirrors_checksum() {
     for (pin, should_pass) in [(other_pin.as_str(), false), (tarball_sha.as_str(), true)] {
         let matrix = matrix_pinning(&dir, pin);
         let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["build-amis", "--local", "--image", &format!("spark-{SPARK}"), "--virt", "hvm"])
+            .args([
+                "build-amis",
+                "--local",
+                "--preset",
+                "spark-3.5",
+                "--image",
+                &format!("spark-{SPARK}"),
+                "--virt",
+                "hvm",
+            ])
             .args(["--arch", "x86_64", "--region", "us-east-1", "--skip-smoke-test", "--spark-mirror", &server.url])
             .arg("--matrix")
             .arg(&matrix)
@@ -66,8 +75,10 @@ fn a_real_build_checks_the_matrix_pin_not_the_mirrors_checksum() {
                 "the run must name the matrix pin as its checksum source:\n{text}"
             );
             let log_dir = text.lines().find_map(|l| l.split_once("; logs in ")).map(|(_, dir)| dir.trim()).unwrap();
-            let log = fs::read_to_string(project::root().join(log_dir).join(format!("spark-{SPARK}-hvm-x86_64.log")))
-                .unwrap();
+            let log = fs::read_to_string(
+                project::root().join(log_dir).join(format!("spark-{SPARK}-debian-12-hvm-x86_64.log")),
+            )
+            .unwrap();
             assert!(log.contains("verified (packer/matrix.json (Apache's SHA-512))"), "{log}");
         } else {
             assert!(

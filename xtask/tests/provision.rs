@@ -23,6 +23,11 @@ use xtask::{
 
 mod common;
 const SPARK: &str = "3.5.3";
+/// The preset of the Spark 3.5 line: Debian 12, logged in as admin.
+const PRESET: &str = "spark-3.5";
+const BASE_BUILD: &str = "base-debian-12-hvm-x86_64";
+const SPARK_BUILD: &str = "spark-3.5.3-debian-12-hvm-x86_64";
+const SLOT: &str = "hvm.debian-12";
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch(&format!("provision-{name}"))
@@ -32,7 +37,7 @@ fn scratch(name: &str) -> PathBuf {
 /// process left nothing behind.
 fn build_amis(ami_list: &Path, images: &str, extra: &[&str]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["build-amis", "--local", "--image", images, "--virt", "hvm", "--arch", "x86_64"])
+        .args(["build-amis", "--local", "--preset", PRESET, "--image", images, "--virt", "hvm", "--arch", "x86_64"])
         .args(["--region", "us-east-1", "--ami-list"])
         .arg(ami_list)
         .args(extra)
@@ -108,26 +113,30 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     let source = &report["downloads"][format!("spark-{SPARK}")]["spark"];
     assert!(source["sha512_source"].as_str().unwrap().contains("not Apache's"), "{report:#}");
 
-    for (name, image) in
-        [("base-hvm-x86_64", "base".to_string()), (&*format!("spark-{SPARK}-hvm-x86_64"), format!("spark-{SPARK}"))]
-    {
+    for (name, image) in [(BASE_BUILD, "base".to_string()), (SPARK_BUILD, format!("spark-{SPARK}"))] {
         let build = build(&report, name);
         assert_eq!(build["status"], "ok", "{build:#}");
         let id = build["amis"]["us-east-1"].as_str().unwrap();
-        let recorded = fs::read_to_string(ami_list.join(&image).join("us-east-1/hvm")).unwrap();
+        let recorded = fs::read_to_string(ami_list.join(&image).join("us-east-1").join(SLOT)).unwrap();
         assert_eq!(recorded, format!("{id}\n"), "{image}: the ami-list holds another ID");
         let log = build_log(build);
         assert!(log.contains("spark-packer: base: done"), "{name}: base.sh did not finish:\n{log}");
+        // The machine we ship: Debian 12 (the family's os-release), logged
+        // into as admin, the scripts run as root through sudo.
+        assert!(log.contains("spark-packer: OS: debian 12 (debian family): Debian GNU/Linux 12 (bookworm)"), "{log}");
+        let instance = "spark-packer: instance: x86_64; logged in as admin, provisioning as root through sudo";
+        assert!(log.contains(instance), "{name}: not provisioned as admin through sudo:\n{log}");
+        assert!(log.contains(r#"Adding tag: "spark-packer:os": "debian-12""#), "{log}");
     }
 
-    let spark_log = build_log(build(&report, &format!("spark-{SPARK}-hvm-x86_64")));
+    let spark_log = build_log(build(&report, SPARK_BUILD));
     assert!(spark_log.contains("SHA-512 of spark-3.5.3-bin-hadoop3.tgz verified"), "{spark_log}");
     assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
     assert!(spark_log.contains(r#"Adding tag: "spark-packer:smoke-test": "passed""#), "{spark_log}");
     // Packer's machine-readable log writes each comma as %!(PACKER_COMMA).
     let needs = "SPARK_HOME outside login shells%!(PACKER_COMMA) and /etc/spark-packer/image.json: ok";
     assert!(spark_log.contains(needs), "the launch tools' needs were not checked:\n{spark_log}");
-    let base_log = build_log(build(&report, "base-hvm-x86_64"));
+    let base_log = build_log(build(&report, BASE_BUILD));
     // The rootfs has no Java: base.sh really installs it, then runs it.
     let installed = base_log.find("Setting up openjdk-").unwrap_or_else(|| panic!("apt installed no JDK:\n{base_log}"));
     let ran = base_log.rfind("spark-packer: base: done (openjdk version").expect("java -version after the install");
@@ -143,8 +152,8 @@ fn spark_on_base_provisions_spark_on_the_base_instances_disk() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "build-amis failed:\n{stderr}");
     let report = json_report(&output);
-    let base = build(&report, "base-hvm-x86_64");
-    let spark = build(&report, &format!("spark-{SPARK}-hvm-x86_64"));
+    let base = build(&report, BASE_BUILD);
+    let spark = build(&report, SPARK_BUILD);
     assert_eq!((&base["status"], &spark["status"]), (&"ok".into(), &"ok".into()), "{report:#}");
     let base_id = base["amis"]["us-east-1"].as_str().unwrap();
     assert_eq!(spark["base_ami"], base_id, "the report names the base AMI");
@@ -182,13 +191,13 @@ fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
 
     // One row per build, then each failure's first error line with its log.
     let spark_row =
-        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64 ")).unwrap_or_else(|| panic!("{stdout}"));
+        stdout.lines().find(|l| l.starts_with(&format!("{SPARK_BUILD} "))).unwrap_or_else(|| panic!("{stdout}"));
     assert!(spark_row.contains("FAILED"), "summary: {stdout}");
     let spark_error =
-        stdout.lines().find(|l| l.starts_with("spark-3.5.3-hvm-x86_64: ")).unwrap_or_else(|| panic!("{stdout}"));
+        stdout.lines().find(|l| l.starts_with(&format!("{SPARK_BUILD}: "))).unwrap_or_else(|| panic!("{stdout}"));
     assert!(spark_error.contains("checksum mismatch") && spark_error.contains("(log: "), "summary: {stdout}");
     let report = saved_report(&stdout);
-    let spark = build(&report, "spark-3.5.3-hvm-x86_64");
+    let spark = build(&report, SPARK_BUILD);
     assert_eq!(spark["status"], "failed");
     assert!(
         spark["error"].as_str().unwrap().contains("checksum mismatch for spark-3.5.3-bin-hadoop3.tgz"),
@@ -197,10 +206,10 @@ fn a_corrupted_spark_tarball_fails_its_build_with_a_checksum_error_and_no_id() {
     assert!(build_log(spark).contains("checksum mismatch for spark-3.5.3-bin-hadoop3.tgz"));
     assert!(!ami_list.join("spark-3.5.3").exists(), "a failed build recorded an ID");
 
-    let base = build(&report, "base-hvm-x86_64");
+    let base = build(&report, BASE_BUILD);
     assert_eq!(base["status"], "ok", "{base:#}");
     let id = base["amis"]["us-east-1"].as_str().unwrap();
-    assert_eq!(fs::read_to_string(ami_list.join("base/us-east-1/hvm")).unwrap(), format!("{id}\n"));
+    assert_eq!(fs::read_to_string(ami_list.join("base/us-east-1").join(SLOT)).unwrap(), format!("{id}\n"));
 }
 
 /// A mirror whose Spark has the launch scripts and pi.py but no jars/: it
@@ -232,7 +241,7 @@ fn spark_that_cannot_start_fails_the_smoke_test_and_the_build() {
     let output = build_amis(&ami_list, &format!("spark-{SPARK}"), &["--json", "--local-mirror", mirror_arg]);
     assert!(!output.status.success(), "a Spark that cannot start must fail the build");
     let report = json_report(&output);
-    let spark = build(&report, "spark-3.5.3-hvm-x86_64");
+    let spark = build(&report, SPARK_BUILD);
     assert_eq!(spark["status"], "failed");
     let error = spark["error"].as_str().unwrap();
     assert!(error.contains("smoke test: the Spark master exited before it was ready"), "{error}");
@@ -285,14 +294,14 @@ fn hadoop_is_installed_and_verified_when_the_matrix_asks_for_it() {
     let report = json_report(&output);
     let downloads = &report["downloads"]["spark-3.5.3"];
     assert_eq!(downloads["hadoop"]["sha512"], hex.as_str(), "{report:#}");
-    let spark_build = build(&report, "spark-3.5.3-hvm-x86_64");
+    let spark_build = build(&report, SPARK_BUILD);
     let log = build_log(spark_build);
     assert!(log.contains("hadoop-3.3.6.tar.gz.sha512 agrees with"), "the BSD-format checksum file was read:\n{log}");
     assert!(log.contains("SHA-512 of hadoop-3.3.6.tar.gz verified"), "{log}");
     assert!(log.contains("hadoop: Hadoop 3.3.6 installed in /opt/hadoop-3.3.6"), "{log}");
     assert!(log.contains("smoke test: Pi is roughly 3.1"), "{log}");
     let id = spark_build["amis"]["us-east-1"].as_str().unwrap();
-    assert_eq!(fs::read_to_string(ami_list.join("spark-3.5.3/us-east-1/hvm")).unwrap(), format!("{id}\n"));
+    assert_eq!(fs::read_to_string(ami_list.join("spark-3.5.3/us-east-1").join(SLOT)).unwrap(), format!("{id}\n"));
 }
 
 /// The debugging switch really turns the smoke test off, which is why it
@@ -311,10 +320,88 @@ fn skipping_the_smoke_test_says_so_everywhere() {
     assert!(stdout.contains("(SMOKE TEST OFF: not shown to run Spark)"), "{stdout}");
     let report = saved_report(&stdout);
     assert_eq!(report["smoke_test"], false);
-    let log = build_log(build(&report, "spark-3.5.3-hvm-x86_64"));
+    let log = build_log(build(&report, SPARK_BUILD));
     assert!(log.contains("spark-packer: WARNING: smoke test OFF"), "{log}");
     assert!(!log.contains("smoke test: starting"), "{log}");
     assert!(log.contains(r#"Adding tag: "spark-packer:smoke-test": "SKIPPED""#), "{log}");
+}
+
+/// The arm64 path: the default preset's Spark image for Graviton, built in
+/// an arm64 Debian 13 rootfs under qemu-user emulation, where the smoke test
+/// really runs Spark on aarch64 (Java 21, Spark 4).
+#[test]
+fn an_arm64_spark_image_runs_spark_under_emulation() {
+    let dir = scratch("arm64");
+    let ami_list = dir.join("ami-list");
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build-amis", "--local", "--image", "spark-4.3.0", "--arch", "arm64", "--region", "us-east-1"])
+        .args(["--json", "--ami-list"])
+        .arg(&ami_list)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert_nothing_left_behind(pid, &output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "build-amis failed:\n{stderr}");
+    assert!(stderr.contains("arm64 builds run in an arm64 Debian rootfs under qemu-user emulation"), "{stderr}");
+    let report = json_report(&output);
+    let build = build(&report, "spark-4.3.0-debian-13-hvm-arm64");
+    let log = build_log(build);
+    let instance = "spark-packer: instance: aarch64; logged in as admin, provisioning as root through sudo";
+    assert!(log.contains(instance), "not provisioned on aarch64 as admin:\n{log}");
+    assert!(log.contains("spark-packer: OS: debian 13 (debian family): Debian GNU/Linux 13 (trixie)"), "{log}");
+    assert!(log.contains("Setting up openjdk-21-jre-headless"), "{log}");
+    assert!(log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{log}");
+    assert!(log.contains(r#"Adding tag: "spark-packer:architecture": "arm64""#), "{log}");
+    let id = build["amis"]["us-east-1"].as_str().unwrap();
+    let recorded = fs::read_to_string(ami_list.join("spark-4.3.0/us-east-1/hvm-arm64.debian-13")).unwrap();
+    assert_eq!(recorded, format!("{id}\n"));
+}
+
+/// The sudo path, as on the AMI: the instance logs in as the family's user
+/// and never as root, and a provisioner that needs root fails without sudo
+/// and passes with it.
+#[test]
+fn provisioners_run_through_sudo_and_root_cannot_log_in() {
+    let sh = Shell::new().unwrap();
+    let kind = instance::RootfsKind { suite: "bookworm".into(), arch: "x86_64".into() };
+    let rootfs = instance::ensure_rootfs(&sh, &kind).unwrap();
+    let key = instance::ensure_ssh_key(&sh).unwrap();
+    let started = instance::Instance::start(&sh, &[rootfs.as_path()], &kind, &key, "admin", "sudo-path").unwrap();
+    let port = started.port.to_string();
+    let ssh = |user: &str, command: &str, input: &[u8]| -> Output {
+        let mut child = Command::new("ssh")
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .arg("-i")
+            .arg(&key.private_key)
+            .args(["-p", &port, &format!("{user}@127.0.0.1"), command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let lib = fs::read(project::root().join("scripts/lib.sh")).unwrap();
+    assert!(ssh("admin", "cat > /tmp/lib.sh", &lib).status.success());
+    // What base.sh does to every image: record a variable for all sessions.
+    let needs_root = "bash -c 'set -euo pipefail; source /tmp/lib.sh; set_environment SPARK_PACKER_SUDO_PATH yes'";
+    let without = ssh("admin", needs_root, b"");
+    assert!(!without.status.success(), "wrote /etc/environment without root");
+    assert!(common::text(&without).contains("Permission denied"), "{}", common::text(&without));
+    let with = ssh("admin", &format!("sudo -n {needs_root} && grep SPARK_PACKER_SUDO_PATH /etc/environment"), b"");
+    assert!(with.status.success(), "{}", common::text(&with));
+    assert_eq!(String::from_utf8_lossy(&with.stdout), "SPARK_PACKER_SUDO_PATH=\"yes\"\n");
+    let as_root = ssh("root", "true", b"");
+    assert!(!as_root.status.success(), "root logged in");
+    assert!(common::text(&as_root).contains("Permission denied"), "{}", common::text(&as_root));
+    drop(started);
+    let left = instance::mounts_under(&instance::instances_dir());
+    assert!(left.iter().all(|m| !m.contains(&format!("sudo-path-{}-", std::process::id()))), "{left:?}");
 }
 
 /// lib.sh reads every checksum format Apache has published.

@@ -48,12 +48,19 @@ const SMOKE_TEST_OFF: &str = "WARNING: --skip-smoke-test: the Spark smoke test i
 /// --dry-run. On real AWS, credentials come from the usual aws CLI sources.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Named selection from packer/matrix.json: `default` (HVM, x86_64 +
-    /// arm64, 3 regions) or `seed-2014` (the 2014 original's 32 AMIs).
+    /// Named selection from packer/matrix.json: `default` (Debian 13, base
+    /// and Spark 4, HVM, x86_64 + arm64, 3 regions), `spark-3.5` (Debian 12,
+    /// the Spark 3.5 line) or `seed-2014` (the 2014 original's 32 AMIs, on
+    /// Amazon Linux, which --local can only build API-only).
     #[arg(long, default_value = "default")]
     pub preset: String,
 
-    /// Only these images (repeat, or comma list), e.g. base,spark-3.5.3
+    /// Only these OS families (repeat, or comma list): debian-13, debian-12,
+    /// al2023, amzn-pv. --local proves only the Debian ones.
+    #[arg(long, value_delimiter = ',')]
+    pub os: Vec<String>,
+
+    /// Only these images (repeat, or comma list), e.g. base,spark-4.3.0
     #[arg(long, value_delimiter = ',')]
     pub image: Vec<String>,
 
@@ -164,6 +171,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
+    if !args.no_provision {
+        crate::os_support::refuse_unprovable(sh, &matrix, &builds, args.endpoint.local)?;
+    }
     args.publish.check()?;
     if args.dry_run {
         let verdicts = dry_run_verdicts(sh, args, &builds, &ami_list_root);

@@ -21,6 +21,7 @@ use crate::{
 /// --resume keeps only what that run did not finish.
 pub(super) fn builds(matrix: &Matrix, args: &Args, ami_list_root: &Path) -> Result<Vec<Build>> {
     let filters = Filters {
+        os: args.os.clone(),
         images: args.image.clone(),
         virts: args.virt.clone(),
         archs: args.arch.clone(),
@@ -68,6 +69,9 @@ struct PlannedBuild<'a> {
     verdict: Option<&'a str>,
     launch_region: &'a str,
     instance_type: &'a str,
+    os: &'a str,
+    login_user: &'a str,
+    java: u32,
     source_ami: String,
     amis: Vec<String>,
 }
@@ -92,6 +96,9 @@ pub(super) fn print(
             verdict: verdicts.as_ref().ok().and_then(|v| v.get(&b.name)).map(String::as_str),
             launch_region: &b.region,
             instance_type: &b.instance_type,
+            os: &b.os.name,
+            login_user: &b.os.login_user,
+            java: b.java,
             source_ami: source(b),
             amis: b
                 .regions()
@@ -107,7 +114,16 @@ pub(super) fn print(
         return Ok(());
     }
     for build in &planned {
-        println!("{}: launch {} in {} from {}", build.name, build.instance_type, build.launch_region, build.source_ami);
+        println!(
+            "{}: launch {} in {} from {} ({}: log in as {}, Java {})",
+            build.name,
+            build.instance_type,
+            build.launch_region,
+            build.source_ami,
+            build.os,
+            build.login_user,
+            build.java
+        );
         if let Some(verdict) = build.verdict {
             println!("    {verdict}");
         }

@@ -1,8 +1,11 @@
-//! The local instance Packer provisions over SSH: a Debian bookworm rootfs
-//! made once with debootstrap (cached under target/local/), and per build an
-//! overlay copy of it with /proc and /dev mounted and sshd listening on its own
-//! loopback port. Dropping an [`Instance`] kills everything running inside it,
-//! unmounts it and deletes its overlay, whatever way the build ended.
+//! The local instance Packer provisions over SSH: a Debian rootfs of the
+//! build's release and architecture, made once with debootstrap (cached under
+//! target/local/; arm64 runs under qemu-user emulation, see `emulation`), and
+//! per build an overlay copy of it with /proc and /dev mounted, the OS
+//! family's login user with passwordless sudo (as cloud-init makes it on the
+//! AMI), and sshd on its own loopback port with root login off. Dropping an
+//! [`Instance`] kills everything running inside it, unmounts it and deletes
+//! its overlay, whatever way the build ended.
 
 use std::{
     fs::{self, File},
@@ -24,10 +27,37 @@ use crate::aws::Aws;
 /// python3 for cloud-init, curl, ca-certificates, procps), and nothing a
 /// provisioner is meant to install. Java in particular is base.sh's job.
 pub const ROOTFS_PACKAGES: [&str; 6] = ["openssh-server", "sudo", "python3", "procps", "curl", "ca-certificates"];
-const SUITE: &str = "bookworm";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// Bump when the rootfs setup below changes, so caches are rebuilt.
-const ROOTFS_SETUP_VERSION: u32 = 3;
+const ROOTFS_SETUP_VERSION: u32 = 4;
+
+/// Which rootfs an instance runs: a Debian suite for an EC2 architecture.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RootfsKind {
+    pub suite: String,
+    /// EC2's name: x86_64 or arm64.
+    pub arch: String,
+}
+
+impl RootfsKind {
+    /// Debian's name for the architecture.
+    pub fn debian_arch(&self) -> &str {
+        match self.arch.as_str() {
+            "x86_64" => "amd64",
+            other => other,
+        }
+    }
+
+    /// `trixie-arm64`: how caches and logs name it.
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.suite, self.debian_arch())
+    }
+
+    /// Whether it runs natively here, or under emulation.
+    pub fn is_native(&self) -> bool {
+        self.arch == std::env::consts::ARCH || (self.arch == "arm64" && std::env::consts::ARCH == "aarch64")
+    }
+}
 
 /// The name the sandbox key is imported under in the emulator.
 pub const KEYPAIR_NAME: &str = "spark-packer-local";
@@ -44,16 +74,16 @@ pub fn require_root(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-pub fn rootfs_dir() -> PathBuf {
-    sandbox_dir().join(format!("rootfs-{SUITE}"))
+pub fn rootfs_dir(kind: &RootfsKind) -> PathBuf {
+    sandbox_dir().join(format!("rootfs-{}", kind.label()))
 }
 
 /// The .deb files apt downloaded for this release, shared by every local
 /// instance, so each package downloads once per machine while every build
 /// still runs apt-get install. Hard links, not a bind mount: concurrent apt
 /// runs would fight over one archives lock.
-pub fn package_cache_dir() -> PathBuf {
-    sandbox_dir().join(format!("apt-archives-{SUITE}"))
+pub fn package_cache_dir(kind: &RootfsKind) -> PathBuf {
+    sandbox_dir().join(format!("apt-archives-{}", kind.label()))
 }
 
 const APT_ARCHIVES: &str = "var/cache/apt/archives";
@@ -77,29 +107,32 @@ pub fn instances_dir() -> PathBuf {
     sandbox_dir().join("instances")
 }
 
-fn rootfs_stamp() -> String {
-    format!("{SUITE} {} setup-v{ROOTFS_SETUP_VERSION}\n", ROOTFS_PACKAGES.join(","))
+fn rootfs_stamp(kind: &RootfsKind) -> String {
+    format!("{} {} setup-v{ROOTFS_SETUP_VERSION}\n", kind.label(), ROOTFS_PACKAGES.join(","))
 }
 
-/// Makes the bookworm rootfs once; later calls return the cached one. Safe to
-/// call from concurrent processes.
-pub fn ensure_rootfs(sh: &Shell) -> Result<PathBuf> {
+/// Makes the rootfs of `kind` once; later calls return the cached one. Safe
+/// to call from concurrent processes. A foreign architecture needs the
+/// emulation `emulation::ensure` set up first.
+pub fn ensure_rootfs(sh: &Shell, kind: &RootfsKind) -> Result<PathBuf> {
     let dir = sandbox_dir();
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let lock = File::create(dir.join("rootfs.lock")).context("create the rootfs lock")?;
+    let lock = File::create(dir.join(format!("rootfs-{}.lock", kind.label()))).context("create the rootfs lock")?;
     lock.lock().context("lock the rootfs cache")?;
 
-    let root = rootfs_dir();
+    let root = rootfs_dir(kind);
     let stamp = root.join(".spark-packer-rootfs");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(rootfs_stamp().as_str()) {
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(rootfs_stamp(kind).as_str()) {
         return Ok(root);
     }
-    let tmp = dir.join(format!("rootfs-{SUITE}.tmp"));
+    let tmp = dir.join(format!("rootfs-{}.tmp", kind.label()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("remove the unfinished {}", tmp.display()))?;
     }
     let include = format!("--include={}", ROOTFS_PACKAGES.join(","));
-    let output = cmd!(sh, "debootstrap --variant=minbase {include} {SUITE} {tmp} {DEBIAN_MIRROR}")
+    let arch = format!("--arch={}", kind.debian_arch());
+    let suite = &kind.suite;
+    let output = cmd!(sh, "debootstrap --variant=minbase {arch} {include} {suite} {tmp} {DEBIAN_MIRROR}")
         .quiet()
         .ignore_status()
         .output()
@@ -109,38 +142,36 @@ pub fn ensure_rootfs(sh: &Shell) -> Result<PathBuf> {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let tail: Vec<&str> = stdout.lines().chain(stderr.lines()).rev().take(5).collect();
         bail!(
-            "debootstrap {SUITE} into {} failed (is {DEBIAN_MIRROR} reachable?): {}",
+            "debootstrap {} into {} failed (is {DEBIAN_MIRROR} reachable?): {}",
+            kind.label(),
             tmp.display(),
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    configure_rootfs(sh, &tmp)?;
+    configure_rootfs(sh, &tmp, suite)?;
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("remove the outdated {}", root.display()))?;
     }
-    fs::write(tmp.join(".spark-packer-rootfs"), rootfs_stamp()).context("stamp the rootfs")?;
+    fs::write(tmp.join(".spark-packer-rootfs"), rootfs_stamp(kind)).context("stamp the rootfs")?;
     fs::rename(&tmp, &root).with_context(|| format!("move the new rootfs to {}", root.display()))?;
     Ok(root)
 }
 
 /// Makes the minbase system look like a freshly published cloud image: the
 /// security suite in apt's sources and its updates applied (so that base.sh's
-/// upgrade has little left to do), host keys, root's .ssh, and no daemons
-/// started by package installs (they would outlive the build on the host).
-fn configure_rootfs(sh: &Shell, root: &Path) -> Result<()> {
+/// upgrade has little left to do), host keys, and no daemons started by
+/// package installs (they would outlive the build on the host).
+fn configure_rootfs(sh: &Shell, root: &Path, suite: &str) -> Result<()> {
     let sources = format!(
-        "deb {DEBIAN_MIRROR} {SUITE} main\n\
-         deb {DEBIAN_MIRROR} {SUITE}-updates main\n\
-         deb http://deb.debian.org/debian-security {SUITE}-security main\n"
+        "deb {DEBIAN_MIRROR} {suite} main\n\
+         deb {DEBIAN_MIRROR} {suite}-updates main\n\
+         deb http://deb.debian.org/debian-security {suite}-security main\n"
     );
     fs::write(root.join("etc/apt/sources.list"), sources).context("write the rootfs apt sources")?;
     let policy = root.join("usr/sbin/policy-rc.d");
     fs::write(&policy, "#!/bin/sh\n# spark-packer local instance: never start services\nexit 101\n")
         .context("write policy-rc.d")?;
     fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
-    let ssh_dir = root.join("root/.ssh");
-    fs::create_dir_all(&ssh_dir)?;
-    fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700))?;
     cmd!(sh, "chroot {root} ssh-keygen -A").quiet().output().context("make sshd host keys")?;
 
     let proc_dir = root.join("proc");
@@ -205,6 +236,7 @@ static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 pub struct Instance {
     pub port: u16,
     dir: PathBuf,
+    kind: RootfsKind,
     sshd: Option<Child>,
     /// Where Drop moves the instance's disk (its overlay upper dir) instead of deleting it.
     keep_disk: Option<PathBuf>,
@@ -213,19 +245,28 @@ pub struct Instance {
 
 impl Instance {
     /// Mounts a fresh overlay named after `build` and starts sshd in it.
-    /// `lowers` are its read-only layers, topmost first: the rootfs alone, or
-    /// a base build's kept disk over the rootfs (the local base AMI).
-    pub fn start(sh: &Shell, lowers: &[&Path], key: &SshKey, build: &str) -> Result<Instance> {
+    /// `lowers` are its read-only layers, topmost first: the rootfs of `kind`
+    /// alone, or a base build's kept disk over it (the local base AMI).
+    /// `login_user` gets the key and passwordless sudo; root cannot log in.
+    pub fn start(
+        sh: &Shell,
+        lowers: &[&Path],
+        kind: &RootfsKind,
+        key: &SshKey,
+        login_user: &str,
+        build: &str,
+    ) -> Result<Instance> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let dir = instances_dir().join(format!("{build}-{}-{n}", std::process::id()));
         let merged = dir.join("root");
         // Built first, so that Drop cleans up whatever the steps below did.
-        let mut instance = Instance { port: 0, dir: dir.clone(), sshd: None, keep_disk: None, sh: sh.clone() };
+        let mut instance =
+            Instance { port: 0, dir: dir.clone(), kind: kind.clone(), sshd: None, keep_disk: None, sh: sh.clone() };
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
-        link_debs(&package_cache_dir(), &upper.join(APT_ARCHIVES)).context("fill the instance's package cache")?;
+        link_debs(&package_cache_dir(kind), &upper.join(APT_ARCHIVES)).context("fill the instance's package cache")?;
         let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
         let options =
             format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
@@ -235,11 +276,8 @@ impl Instance {
         let dev_dir = merged.join("dev");
         cmd!(sh, "mount --bind /dev {dev_dir}").quiet().run().context("bind /dev into the instance")?;
 
-        let ssh_dir = merged.join("root/.ssh");
-        fs::create_dir_all(&ssh_dir)?;
-        let authorized = ssh_dir.join("authorized_keys");
-        fs::write(&authorized, format!("{}\n", key.public_key)).context("write authorized_keys")?;
-        fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600))?;
+        add_login_user(sh, &merged, login_user, key)?;
+        write_hosts(&merged)?;
         fs::create_dir_all(merged.join("run/sshd")).context("create sshd's privilege separation directory")?;
 
         let log_for = |port| dir.join(format!("sshd-{port}.log"));
@@ -248,7 +286,7 @@ impl Instance {
             command
                 .arg(&merged)
                 .args(["/usr/sbin/sshd", "-D", "-e", "-p", &port.to_string()])
-                .args(["-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password"])
+                .args(["-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=no"])
                 .args(["-o", "PasswordAuthentication=no", "-o", "UseDNS=no"]);
             command
         })?;
@@ -271,7 +309,7 @@ impl Drop for Instance {
             let _ = sshd.wait();
         }
         // What apt downloaded here, for the next instances.
-        let _ = link_debs(&self.dir.join("upper").join(APT_ARCHIVES), &package_cache_dir());
+        let _ = link_debs(&self.dir.join("upper").join(APT_ARCHIVES), &package_cache_dir(&self.kind));
         if let Some(dest) = self.keep_disk.take() {
             // Only a fully stopped and unmounted upper dir can become a lower layer.
             if stop(&self.sh, &self.dir).is_ok() {
@@ -280,6 +318,55 @@ impl Drop for Instance {
         }
         let _ = tear_down(&self.sh, &self.dir);
     }
+}
+
+/// What cloud-init does on the AMI's first boot: the family's default user,
+/// with the instance's key and passwordless sudo. Debian's cloud images name
+/// the sudoers file 90-cloud-init-users.
+fn add_login_user(sh: &Shell, root: &Path, user: &str, key: &SshKey) -> Result<()> {
+    if user == "root"
+        || user.is_empty()
+        || !user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("login user `{user}`: the local instance logs in as the OS family's own user, never root");
+    }
+    let home = root.join("home").join(user);
+    if !home.exists() {
+        cmd!(sh, "chroot {root} useradd --create-home --shell /bin/bash {user}")
+            .quiet()
+            .run()
+            .with_context(|| format!("create the login user {user} in the instance"))?;
+    }
+    let sudoers = root.join("etc/sudoers.d/90-cloud-init-users");
+    fs::create_dir_all(sudoers.parent().expect("sudoers.d has a parent"))?;
+    fs::write(
+        &sudoers,
+        format!("# Created by spark-packer's local instance, as cloud-init does\n{user} ALL=(ALL) NOPASSWD:ALL\n"),
+    )
+    .context("write the sudoers rule")?;
+    fs::set_permissions(&sudoers, fs::Permissions::from_mode(0o440))?;
+    let ssh_dir = home.join(".ssh");
+    fs::create_dir_all(&ssh_dir)?;
+    let authorized = ssh_dir.join("authorized_keys");
+    fs::write(&authorized, format!("{}\n", key.public_key)).context("write authorized_keys")?;
+    fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700))?;
+    fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600))?;
+    let owner = format!("{user}:{user}");
+    let home_in_root = format!("/home/{user}");
+    cmd!(sh, "chroot {root} chown -R {owner} {home_in_root}").quiet().run().context("give the login user its home")?;
+    Ok(())
+}
+
+/// /etc/hosts naming the instance, as cloud-init's manage_etc_hosts writes it
+/// on Debian's AMIs; without it sudo warns that it cannot resolve the host.
+fn write_hosts(root: &Path) -> Result<()> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    let mut hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string();
+    if !name.is_empty() && name != "localhost" {
+        hosts.push_str(&format!("127.0.1.1\t{name}\n"));
+    }
+    fs::write(root.join("etc/hosts"), hosts).context("write the instance's /etc/hosts")
 }
 
 /// The kept disks of one run's base builds, which its Spark builds start
@@ -410,7 +497,8 @@ mod tests {
 
     #[test]
     fn the_stamp_names_every_package() {
-        let stamp = rootfs_stamp();
+        let stamp = rootfs_stamp(&RootfsKind { suite: "trixie".into(), arch: "arm64".into() });
+        assert!(stamp.starts_with("trixie-arm64 "), "{stamp}");
         assert!(ROOTFS_PACKAGES.iter().all(|p| stamp.contains(p)), "{stamp}");
     }
 }

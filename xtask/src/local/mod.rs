@@ -4,6 +4,7 @@
 //! It only provides endpoints and instances; the commands never ask whether
 //! they run locally.
 
+pub mod emulation;
 pub mod instance;
 pub mod mirror;
 

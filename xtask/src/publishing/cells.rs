@@ -9,20 +9,23 @@ use serde::Serialize;
 
 use crate::{ami_list, matrix};
 
-/// One recorded AMI, with its slot split into virtualization and architecture.
+/// One recorded AMI, with its slot split into virtualization, architecture
+/// and OS family (none for the seed's names).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Cell {
     pub image: String,
     pub region: String,
     pub virt: String,
     pub arch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
     pub id: String,
 }
 
 impl Cell {
-    /// The ami-list file name: `hvm`, `pv`, `hvm-arm64`.
+    /// The ami-list file name: `hvm`, `pv`, `hvm-arm64`, `hvm.debian-13`.
     pub fn slot(&self) -> String {
-        matrix::slot(&self.virt, &self.arch)
+        matrix::slot(&self.virt, &self.arch, self.os.as_deref())
     }
 
     /// `<image>/<region>/<slot>`, as ami-list and the run report name it.
@@ -31,25 +34,23 @@ impl Cell {
     }
 }
 
-/// `hvm` -> (hvm, x86_64), `pv` -> (pv, x86_64), `hvm-arm64` -> (hvm, arm64):
-/// the inverse of `matrix::slot`.
-pub fn parse_slot(slot: &str) -> Option<(String, String)> {
-    let (virt, arch) = slot.split_once('-').unwrap_or((slot, "x86_64"));
-    let arch_ok = !arch.is_empty() && arch.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let suffixed_x86 = slot.contains('-') && arch == "x86_64";
-    (matches!(virt, "hvm" | "pv") && arch_ok && !suffixed_x86).then(|| (virt.to_string(), arch.to_string()))
-}
-
 /// A cell from its path relative to the tree and its file's content.
 pub fn parse_cell(rel: &str, content: &str) -> Result<Cell> {
     let parts: Vec<&str> = rel.split('/').collect();
     let [image, region, slot] = parts[..] else {
         bail!("{rel}: not an <image>/<region>/<slot> file");
     };
-    let (virt, arch) =
-        parse_slot(slot).with_context(|| format!("{rel}: `{slot}` is not a slot (hvm, pv, hvm-arm64)"))?;
+    let parts = matrix::parse_slot(slot)
+        .with_context(|| format!("{rel}: `{slot}` is not a slot (hvm, pv, hvm-arm64, hvm.debian-13)"))?;
     let id = ami_list::parse_id(content).with_context(|| rel.to_string())?;
-    Ok(Cell { image: image.to_string(), region: region.to_string(), virt, arch, id })
+    Ok(Cell {
+        image: image.to_string(),
+        region: region.to_string(),
+        virt: parts.virt,
+        arch: parts.arch,
+        os: parts.os,
+        id,
+    })
 }
 
 /// Every cell under `root`, sorted. Fails, naming every problem, on anything
@@ -109,16 +110,21 @@ mod tests {
     use crate::project;
 
     #[test]
-    fn slots_split_into_virtualization_and_architecture() {
-        assert_eq!(parse_slot("hvm"), Some(("hvm".into(), "x86_64".into())));
-        assert_eq!(parse_slot("pv"), Some(("pv".into(), "x86_64".into())));
-        assert_eq!(parse_slot("hvm-arm64"), Some(("hvm".into(), "arm64".into())));
-        assert_eq!(parse_slot("pvm"), None, "spark-ec2's name is not a slot");
-        assert_eq!(parse_slot("hvm-x86_64"), None, "x86_64 is never suffixed");
-        assert_eq!(parse_slot("hvm-"), None);
-        assert_eq!(parse_slot("hvm-ARM"), None);
-        for (virt, arch) in [("hvm", "x86_64"), ("pv", "x86_64"), ("hvm", "arm64")] {
-            assert_eq!(parse_slot(&matrix::slot(virt, arch)), Some((virt.into(), arch.into())));
+    fn slots_split_into_virtualization_architecture_and_os() {
+        let parse = |slot| matrix::parse_slot(slot).map(|p| (p.virt, p.arch, p.os));
+        assert_eq!(parse("hvm"), Some(("hvm".into(), "x86_64".into(), None)));
+        assert_eq!(parse("pv"), Some(("pv".into(), "x86_64".into(), None)));
+        assert_eq!(parse("hvm-arm64"), Some(("hvm".into(), "arm64".into(), None)));
+        assert_eq!(parse("hvm-arm64.debian-13"), Some(("hvm".into(), "arm64".into(), Some("debian-13".into()))));
+        assert_eq!(parse("pvm"), None, "spark-ec2's name is not a slot");
+        assert_eq!(parse("hvm-x86_64"), None, "x86_64 is never suffixed");
+        assert_eq!(parse("hvm-"), None);
+        assert_eq!(parse("hvm-ARM"), None);
+        assert_eq!(parse("hvm."), None);
+        assert_eq!(parse("hvm.Debian"), None);
+        for (virt, arch, os) in [("hvm", "x86_64", None), ("pv", "x86_64", None), ("hvm", "arm64", Some("debian-12"))] {
+            let parts = matrix::parse_slot(&matrix::slot(virt, arch, os)).unwrap();
+            assert_eq!((parts.virt.as_str(), parts.arch.as_str(), parts.os.as_deref()), (virt, arch, os));
         }
     }
 

@@ -84,6 +84,7 @@ mod tests {
             region: region.into(),
             virt: "hvm".into(),
             arch: "x86_64".into(),
+            os: None,
             id: id.into(),
         };
         let cells = [cell("eu-west-1", "ami-11111111"), cell("us-east-1", "ami-22222222")];

@@ -2,7 +2,9 @@
 //! `<dir>/<region>/pvm`, one AMI ID and a newline each, for one image.
 //! spark_ec2.py fetches `<raw repo>/<branch>/ami-list/<region>/<hvm|pvm>`: it
 //! knows no image level, calls PV `pvm`, and knows no architecture, so only
-//! the x86_64 cells are exported. The per-image ami-list stays the source of truth.
+//! the x86_64 cells are exported. It also logs in as root, which only the
+//! seed's Amazon Linux families' names stand for: cells of other OS families
+//! (`hvm.debian-13`) are left out. The per-image ami-list stays the source of truth.
 
 use std::{
     collections::BTreeMap,
@@ -29,14 +31,15 @@ pub fn file_name(virt: &str) -> &'static str {
 pub fn layout(cells: &[Cell], image: &str) -> Result<BTreeMap<String, String>> {
     let files: BTreeMap<String, String> = cells
         .iter()
-        .filter(|c| c.image == image && c.arch == "x86_64")
+        .filter(|c| c.image == image && c.arch == "x86_64" && c.os.is_none())
         .map(|c| (format!("{}/{}", c.region, file_name(&c.virt)), c.id.clone()))
         .collect();
     if files.is_empty() {
         let mut images: Vec<&str> = cells.iter().map(|c| c.image.as_str()).collect();
         images.dedup();
         bail!(
-            "--image {image}: ami-list records no x86_64 AMI of it (spark_ec2.py has no arm64); recorded: {}",
+            "--image {image}: ami-list records no x86_64 AMI of it with the seed's names (spark_ec2.py has \
+             no arm64, and logs in as root, which Debian AMIs refuse); recorded: {}",
             images.join(", ")
         );
     }
@@ -137,7 +140,14 @@ mod tests {
     use crate::project;
 
     fn cell(image: &str, region: &str, virt: &str, arch: &str, id: &str) -> Cell {
-        Cell { image: image.into(), region: region.into(), virt: virt.into(), arch: arch.into(), id: id.into() }
+        Cell {
+            image: image.into(),
+            region: region.into(),
+            virt: virt.into(),
+            arch: arch.into(),
+            os: None,
+            id: id.into(),
+        }
     }
 
     #[test]

@@ -221,7 +221,14 @@ mod tests {
     use super::*;
 
     fn cell(image: &str, region: &str, virt: &str, arch: &str, id: &str) -> Cell {
-        Cell { image: image.into(), region: region.into(), virt: virt.into(), arch: arch.into(), id: id.into() }
+        Cell {
+            image: image.into(),
+            region: region.into(),
+            virt: virt.into(),
+            arch: arch.into(),
+            os: None,
+            id: id.into(),
+        }
     }
 
     fn wanted(region: &str, name: &str, value: &str) -> Wanted {

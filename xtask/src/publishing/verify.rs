@@ -98,6 +98,7 @@ mod tests {
             region: "eu-west-1".into(),
             virt: "pv".into(),
             arch: "x86_64".into(),
+            os: None,
             id: "ami-1234abcd".into(),
         }
     }

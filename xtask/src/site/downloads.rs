@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn real_builds_need_a_pinned_sha512() {
         let matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
-        let spark = matrix.images.iter().find_map(|i| i.spark.clone()).unwrap();
+        let spark = matrix.image("spark-3.5.3").and_then(|i| i.spark.clone()).unwrap();
         let tarball = Tarball::spark(&spark);
         let download = tarball.pin(APACHE_SPARK).unwrap();
         assert_eq!(download.url, format!("{APACHE_SPARK}/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz"));
@@ -164,6 +164,10 @@ mod tests {
         let pending = Tarball { pinned: "PENDING".to_string(), ..tarball };
         let error = pending.pin(APACHE_SPARK).unwrap_err().to_string();
         assert!(error.contains("pins no valid SHA-512") && error.contains("hadoop3.tgz.sha512"), "{error}");
+        // Not pinned yet (empty in the matrix): refused for real builds too.
+        let unpinned = matrix.image("spark-4.3.0").and_then(|i| i.spark.clone()).unwrap();
+        let error = Tarball::spark(&unpinned).pin(APACHE_SPARK).unwrap_err().to_string();
+        assert!(error.contains("spark-4.3.0/spark-4.3.0-bin-hadoop3.tgz.sha512"), "{error}");
         let hadoop = Tarball::hadoop(&Hadoop { version: "3.3.6".to_string(), sha512: String::new() });
         assert_eq!(hadoop.url(APACHE_HADOOP), format!("{APACHE_HADOOP}/hadoop-3.3.6/hadoop-3.3.6.tar.gz"));
     }
@@ -177,7 +181,7 @@ mod tests {
         let downloads = for_builds(&builds, &mirror, &hadoop).unwrap();
         let spark = &downloads["spark-3.5.3"].spark;
         assert_eq!(spark.url, "http://mirror.example/spark/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz");
-        assert_eq!(spark.sha512, matrix.images[1].spark.as_ref().unwrap().sha512);
+        assert_eq!(spark.sha512, matrix.image("spark-3.5.3").unwrap().spark.as_ref().unwrap().sha512);
         assert!(!downloads.contains_key("base"));
     }
 }

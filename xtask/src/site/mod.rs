@@ -45,7 +45,8 @@ pub(crate) struct Site {
 /// The local sandbox's instances: a rootfs, the key they trust, the mirror
 /// they download from, and the base disks kept for Spark on base.
 struct Sandbox {
-    rootfs: PathBuf,
+    /// One rootfs per Debian suite and architecture the run's builds stand on.
+    rootfs: BTreeMap<instance::RootfsKind, PathBuf>,
     key: instance::SshKey,
     _mirror: MirrorServer,
     base_disks: Option<instance::BaseDisks>,
@@ -122,10 +123,15 @@ impl Site {
                 notes.push(format!("{image}: {}, SHA-512 from {}", download.url, download.sha512_source));
             }
         }
-        if self.sandbox.is_some() && builds.iter().any(|b| b.arch != std::env::consts::ARCH) {
+        let emulated: BTreeSet<&str> = builds
+            .iter()
+            .filter(|b| self.sandbox.is_some() && rootfs_kind(b).is_ok_and(|k| !k.is_native()))
+            .map(|b| b.arch.as_str())
+            .collect();
+        for arch in emulated {
             notes.push(format!(
-                "note: the local instance is {} Debian; builds for other architectures are provisioned on it, \
-                 which proves the scripts and the Spark job but not the architecture",
+                "note: {arch} builds run in an {arch} Debian rootfs under qemu-user emulation on this {} host: \
+                 the same binaries as on the instance, several times slower (compare the build times in the summary)",
                 std::env::consts::ARCH
             ));
         }
@@ -163,11 +169,13 @@ impl Site {
         let Some(sandbox) = &self.sandbox else {
             return Ok(Reach { instance: None });
         };
+        let kind = rootfs_kind(build)?;
+        let rootfs = sandbox.rootfs.get(&kind).context("the sandbox prepared no rootfs for this build")?;
         // The local analogue of launching from the base AMI: its kept disk over the rootfs.
-        let lowers: Vec<&Path> = base_disk.into_iter().chain([sandbox.rootfs.as_path()]).collect();
-        let started =
-            instance::Instance::start(sh, &lowers, &sandbox.key, &build.name).context("start the local instance")?;
-        vars.ssh_username = "root".to_string();
+        let lowers: Vec<&Path> = base_disk.into_iter().chain([rootfs.as_path()]).collect();
+        let started = instance::Instance::start(sh, &lowers, &kind, &sandbox.key, &build.os.login_user, &build.name)
+            .context("start the local instance")?;
+        vars.ssh_username = build.os.login_user.clone();
         vars.ssh_host = "127.0.0.1".to_string();
         vars.ssh_port = started.port;
         vars.ssh_private_key_file = sandbox.key.private_key.display().to_string();
@@ -181,8 +189,16 @@ impl Sandbox {
     fn prepare(sh: &Shell, sources: &SourceArgs, request: &Request, aws: &Aws) -> Result<(Sandbox, Mirror, Mirror)> {
         instance::require_root(sh)?;
         // Dead runs' instances are swept by sweep::at_start, once per run.
-        eprintln!("local instance: preparing the Debian rootfs (debootstrap and updates, once)");
-        let rootfs = instance::ensure_rootfs(sh)?;
+        let kinds: BTreeSet<instance::RootfsKind> = request.builds.iter().map(rootfs_kind).collect::<Result<_>>()?;
+        let mut rootfs = BTreeMap::new();
+        for kind in kinds {
+            if !kind.is_native() {
+                local::emulation::ensure(sh, &kind.arch)?;
+            }
+            eprintln!("local instance: preparing the Debian {} rootfs (debootstrap and updates, once)", kind.label());
+            let dir = instance::ensure_rootfs(sh, &kind)?;
+            rootfs.insert(kind, dir);
+        }
         let key = instance::ensure_ssh_key(sh)?;
         let regions: BTreeSet<&str> = request.builds.iter().map(|b| b.region.as_str()).collect();
         for region in regions {
@@ -221,6 +237,14 @@ impl Sandbox {
         let base_disks = if request.spark_on_base { Some(instance::BaseDisks::create()?) } else { None };
         Ok((Sandbox { rootfs, key, _mirror: server, base_disks }, spark, hadoop))
     }
+}
+
+/// The Debian rootfs that stands for a build's OS family and architecture.
+fn rootfs_kind(build: &Build) -> Result<instance::RootfsKind> {
+    let suite = build.os.local_suite.clone().with_context(|| {
+        format!("{} has no local stand-in (os family {}): build it with --no-provision", build.name, build.os.name)
+    })?;
+    Ok(instance::RootfsKind { suite, arch: build.arch.clone() })
 }
 
 /// With --local, installs the apt packages the sandbox needs (dev/setup:

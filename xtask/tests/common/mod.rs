@@ -66,8 +66,8 @@ pub fn path_with_venv_aws(emulator: &local::Emulator) -> String {
 pub fn matrix_with_unmatched_pv_source(dir: &std::path::Path) -> PathBuf {
     let mut matrix: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(project::matrix_file()).unwrap()).unwrap();
-    let pv = matrix["virtualization"].as_array_mut().unwrap().iter_mut().find(|v| v["name"] == "pv").unwrap();
-    pv["archs"][0]["source_ami"]["name"] = "no-such-source-image-*".into();
+    let pv = matrix["os_families"].as_array_mut().unwrap().iter_mut().find(|o| o["name"] == "amzn-pv").unwrap();
+    pv["source_amis"][0]["name"] = "no-such-source-image-*".into();
     let path = dir.join("matrix.json");
     fs::write(&path, serde_json::to_string_pretty(&matrix).unwrap()).unwrap();
     path
