@@ -21,23 +21,10 @@ case "$OS_FAMILY" in
   amzn2) pkg update --security ;;
 esac
 
-case "$OS_FAMILY" in
-  debian)
-    java=openjdk-$java_major-jre-headless
-    tools=(git curl wget ca-certificates xfsprogs procps rsync unzip tar gzip)
-    gmond=ganglia-monitor
-    ;;
-  amzn2023)
-    java="java-$java_major-amazon-corretto-headless"
-    tools=(git curl-minimal wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
-    gmond=""
-    ;;
-  amzn2)
-    java="java-$java_major-amazon-corretto-headless"
-    tools=(git curl wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
-    gmond=ganglia-gmond
-    ;;
-esac
+choose_base_packages "$java_major"
+java=$BASE_JAVA
+tools=("${BASE_TOOLS[@]}")
+gmond=$BASE_GMOND
 
 pkg_available "$java" ||
   die "$java is not in $OS_ID $OS_VERSION's repositories: pick a Java it packages for this OS family in packer/matrix.json"

@@ -55,6 +55,32 @@ detect_os() {
   log "instance: $(uname -m); logged in as ${SUDO_USER:-$(id -un)}, provisioning as $(id -un)${SUDO_USER:+ through sudo}"
 }
 
+# choose_base_packages JAVA_MAJOR: the base image's package names on
+# OS_FAMILY: BASE_JAVA (the JRE), BASE_TOOLS (an array) and BASE_GMOND
+# (Ganglia's gmond; empty where the OS does not package it). Amazon Linux 2023
+# ships curl-minimal, which a `curl` install would conflict with.
+choose_base_packages() {
+  local java_major=$1
+  case "$OS_FAMILY" in
+    debian)
+      BASE_JAVA=openjdk-$java_major-jre-headless
+      BASE_TOOLS=(git curl wget ca-certificates xfsprogs procps rsync unzip tar gzip)
+      BASE_GMOND=ganglia-monitor
+      ;;
+    amzn2023)
+      BASE_JAVA=java-$java_major-amazon-corretto-headless
+      BASE_TOOLS=(git curl-minimal wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
+      BASE_GMOND=""
+      ;;
+    amzn2)
+      BASE_JAVA=java-$java_major-amazon-corretto-headless
+      BASE_TOOLS=(git curl wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip)
+      BASE_GMOND=ganglia-gmond
+      ;;
+    *) die "choose_base_packages: call detect_os first" ;;
+  esac
+}
+
 # Waits (bounded) while another yum or dnf holds the rpm lock: the 2014
 # scripts failed on yum lock contention with cloud-init at boot.
 wait_for_rpm_lock() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The last provisioner: start a standalone master and one worker, submit the
-# pi.py example, check its answer, stop both. Any failure fails the build, so
+# pi.py example and a pyspark DataFrame job, check their answers, stop both. Any failure fails the build, so
 # an image that cannot run Spark never becomes an AMI.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -54,6 +54,8 @@ show_log() {
 }
 
 # wait_for LOG PATTERN PID WHAT: until PATTERN shows in LOG; fails if PID dies.
+# A master starts in seconds on an instance; the limit is for slow emulation.
+ready_limit=300
 wait_for() {
   local file=$1 pattern=$2 pid=$3 what=$4 waited=0
   until grep -q -- "$pattern" "$file" 2>/dev/null; do
@@ -61,15 +63,17 @@ wait_for() {
       show_log "$file"
       die "smoke test: the Spark $what exited before it was ready"
     fi
-    if ((waited >= 120)); then
+    if ((waited >= ready_limit)); then
       show_log "$file"
-      die "smoke test: the Spark $what was not ready within 120s"
+      die "smoke test: the Spark $what was not ready within ${ready_limit}s"
     fi
     sleep 1
     waited=$((waited + 1))
   done
 }
 
+java_says=$("$java_home/bin/java" -version 2>&1) || die "smoke test: $java_home/bin/java -version failed"
+log "smoke test: Spark runs on ${java_says%%$'\n'*} ($(uname -m))"
 log "smoke test: starting a standalone master"
 "$SPARK_HOME/bin/spark-class" org.apache.spark.deploy.master.Master \
   --host 127.0.0.1 --port 0 --webui-port 0 >"$work/master.log" 2>&1 &
@@ -95,6 +99,33 @@ result=$(grep -m 1 '^Pi is roughly' "$work/pi.out" || true)
 [[ $result == "Pi is roughly 3.1"* ]] || {
   show_log "$work/pi.out"
   die "smoke test: pi.py printed no 'Pi is roughly 3.1...' (got '$result')"
+}
+log "smoke test: $result"
+
+# What most users run first: a DataFrame through pyspark, with a Python UDF,
+# so the Java gateway and Python workers run, not only the JVM.
+log "smoke test: a pyspark DataFrame job with a Python UDF"
+cat >"$work/frame.py" <<'PY'
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import udf
+
+spark = SparkSession.builder.appName("spark-packer smoke test").getOrCreate()
+square = udf(lambda n: n * n, "long")
+frame = spark.createDataFrame([(n, n % 3) for n in range(1, 101)], ["n", "k"])
+rows = frame.withColumn("sq", square("n")).groupBy("k").sum("sq").orderBy("k").collect()
+print("DataFrame sums of squares by k:", [(row[0], row[1]) for row in rows])
+spark.stop()
+PY
+if ! "$SPARK_HOME/bin/spark-submit" --master "$master_url" --conf spark.ui.enabled=false \
+  --driver-memory 512m --executor-memory 512m "$work/frame.py" >"$work/frame.out" 2>"$work/frame.err"; then
+  show_log "$work/frame.err"
+  die "smoke test: the pyspark DataFrame job failed"
+fi
+result=$(grep -m 1 '^DataFrame sums of squares by k:' "$work/frame.out" || true)
+# 1..100 grouped by n % 3: the sums of their squares.
+[[ $result == "DataFrame sums of squares by k: [(0, 112761), (1, 116161), (2, 109428)]" ]] || {
+  show_log "$work/frame.out"
+  die "smoke test: the DataFrame job printed the wrong sums (got '$result')"
 }
 log "smoke test: $result"
 

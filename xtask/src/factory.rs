@@ -44,6 +44,12 @@ pub const INPUTS_TAG: &str = "spark-packer:inputs";
 pub const INPUT_DIGESTS_TAG: &str = "spark-packer:input-digests";
 pub const INPUT_TAGS: [&str; 2] = [INPUTS_TAG, INPUT_DIGESTS_TAG];
 
+/// The build's OS family and Java major version: written on every AMI, not
+/// required of one, so AMIs made before OS families stay the factory's.
+pub const OS_TAG: &str = "spark-packer:os";
+pub const JAVA_TAG: &str = "spark-packer:java";
+pub const PLATFORM_TAGS: [&str; 2] = [OS_TAG, JAVA_TAG];
+
 /// The values `spark-packer:smoke-test` takes (see the template).
 pub const SMOKE_TEST_VALUES: [&str; 4] = ["passed", "no-spark", "not-provisioned", "SKIPPED"];
 
@@ -302,7 +308,7 @@ mod tests {
             .lines()
             .filter_map(|line| line.trim().strip_prefix('"')?.split_once('"').map(|(key, _)| key))
             .collect();
-        assert_eq!(keys, TAGS.into_iter().chain(INPUT_TAGS).collect::<BTreeSet<_>>());
+        assert_eq!(keys, TAGS.into_iter().chain(INPUT_TAGS).chain(PLATFORM_TAGS).collect::<BTreeSet<_>>());
         assert!(template.contains("tags          = local.factory_tags"), "AMIs carry the factory's tags");
         assert!(template.contains("snapshot_tags = local.factory_tags"), "snapshots carry the factory's tags");
         assert!(template.contains(r#"ami_name                   = "spark-packer-${var.build_name}-${var.run_id}""#));

@@ -1,6 +1,7 @@
 //! spark-packer's xtask: an EC2 AMI factory for Spark clusters.
 //! The spine is `matrix -> packer -> ami_list`; `aws` and `local` are edges.
 
+pub mod add_spark;
 pub mod ami_list;
 pub mod aws;
 pub mod bench;
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod local;
 pub mod lock;
 pub(crate) mod matrix;
+pub(crate) mod matrix_text;
 pub(crate) mod os_support;
 pub(crate) mod packer;
 pub(crate) mod progress;

@@ -3,19 +3,20 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, build_amis, clean_old_amis, project, publish, validate};
+use xtask::{add_spark, bench, build_amis, clean_old_amis, project, publish, validate};
 
 /// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
 ///
-/// New here? `cargo xtask build-amis --local --preset seed-2014` builds the
-/// 2014 matrix against a local EC2 emulator, with no AWS account. README.md
+/// New here? `cargo xtask build-amis --local` builds the default preset
+/// (Debian 13, base and Spark, x86_64 and arm64) against a local EC2
+/// emulator, with no AWS account. README.md
 /// says more; every command has --help with an example.
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
     arg_required_else_help = true,
-    after_help = "New here? `cargo xtask build-amis --local --preset seed-2014` needs no AWS account. \
+    after_help = "New here? `cargo xtask build-amis --local` needs no AWS account. \
                   README.md says more; every command's --help has an example."
 )]
 struct Cli {
@@ -32,6 +33,7 @@ enum Command {
     CleanOldAmis(clean_old_amis::Args),
     Bench(bench::Args),
     Publish(publish::Args),
+    AddSpark(add_spark::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,5 +64,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::CleanOldAmis(args) => clean_old_amis::main(&sh, &args),
         Command::Bench(args) => bench::main(&sh, &args),
         Command::Publish(args) => publish::main(&sh, &args),
+        Command::AddSpark(args) => add_spark::main(&sh, &args),
     }
 }

@@ -34,13 +34,37 @@ pub struct Spark {
     pub version: String,
     /// The Apache build suffix, as in `spark-3.5.3-bin-hadoop3.tgz`.
     pub hadoop_build: String,
-    /// SHA-512 of Apache's tarball, lowercase hex.
-    pub sha512: String,
     /// The Java major versions this Spark runs on (its docs' overview page).
     pub java: Vec<u32>,
+    /// SHA-512 of Apache's tarball, lowercase hex; empty until pinned.
+    pub sha512: String,
+    /// Whose signature `sha512` was checked against (add-spark); absent when
+    /// it was not, and then real builds refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
     /// Hadoop to install next to Spark (scripts/hadoop.sh); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_hadoop: Option<Hadoop>,
+}
+
+/// How add-spark checked a Spark pin: the tarball's `.asc` verified with gpg
+/// against the KEYS file at `keys`, by this signer, and the published
+/// `.sha512` equal to the signed tarball's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verified {
+    pub keys: String,
+    pub fingerprint: String,
+    pub signer: String,
+}
+
+impl Verified {
+    /// Apache's own KEYS, as real builds require: not a sandbox's or a mirror's.
+    pub fn by_apache(&self) -> bool {
+        ["https://downloads.apache.org/", "https://archive.apache.org/", "https://www.apache.org/"]
+            .iter()
+            .any(|prefix| self.keys.starts_with(prefix))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -262,9 +286,13 @@ impl Matrix {
     /// an image whose Spark runs on no Java the OS family packages.
     pub fn expand(&self, preset_name: &str, filters: &Filters, strategy: Strategy, public: bool) -> Result<Vec<Build>> {
         let preset = self.preset(preset_name)?;
+        // An image may be named by its line: `spark-4` is every spark-4.x.y.
+        let matches = |axis: &str, name: &str, wanted: &str| {
+            name == wanted || (axis == "image" && name.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('.')))
+        };
         let pick = |axis: &str, all: &[String], wanted: &[String]| -> Result<Vec<String>> {
             for w in wanted {
-                if !all.contains(w) {
+                if !all.iter().any(|name| matches(axis, name, w)) {
                     bail!(
                         "{axis} `{w}` is not in preset `{preset_name}` (it has: {}); \
                          pick one of those or choose another --preset",
@@ -272,7 +300,11 @@ impl Matrix {
                     );
                 }
             }
-            Ok(all.iter().filter(|x| wanted.is_empty() || wanted.contains(x)).cloned().collect())
+            Ok(all
+                .iter()
+                .filter(|x| wanted.is_empty() || wanted.iter().any(|w| matches(axis, x, w)))
+                .cloned()
+                .collect())
         };
         let oses = pick("OS family", &preset.os, &filters.os)?;
         let images = pick("image", &preset.images, &filters.images)?;
@@ -485,6 +517,29 @@ mod tests {
         );
         let err = checked_in().expand("nope", &Filters::default(), Strategy::Copy, false).unwrap_err();
         assert_eq!(err.to_string(), "unknown preset `nope`: choose one of default, seed-2014, spark-3.5");
+    }
+
+    #[test]
+    fn an_image_is_picked_by_its_line_or_its_full_name() {
+        let mut m = checked_in();
+        m.presets.get_mut("seed-2014").unwrap().images.push("spark-4.3.0".into());
+        let picked = |wanted: &[&str]| -> Vec<String> {
+            let images = wanted.iter().map(|w| w.to_string()).collect();
+            let filters = Filters { images, os: vec!["al2023".into()], ..Filters::default() };
+            let builds = m.expand("seed-2014", &filters, Strategy::Copy, false).unwrap();
+            let mut images: Vec<String> = builds.into_iter().map(|b| b.image.name).collect();
+            images.dedup();
+            images
+        };
+        assert_eq!(picked(&["spark-4"]), ["spark-4.3.0"]);
+        assert_eq!(picked(&["spark-3.5"]), ["spark-3.5.3"]);
+        assert_eq!(picked(&["spark-3.5.3", "base"]), ["base", "spark-3.5.3"]);
+        let filters = Filters { images: vec!["spark-3.5.".into()], ..Filters::default() };
+        assert!(m.expand("seed-2014", &filters, Strategy::Copy, false).is_err(), "a prefix ends at a dot");
+        // Spark 4 needs Java 17 or 21; Amazon Linux AMI 2018.03 packages 8 only.
+        let filters = Filters { images: vec!["spark-4".into()], ..Filters::default() };
+        let err = m.expand("seed-2014", &filters, Strategy::Copy, false).unwrap_err().to_string();
+        assert!(err.starts_with("spark-4.3.0 runs on Java 17, 21, but amzn-pv packages Java 8 only"), "{err}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Cells of the preset with no ami-list file ("not built yet").
     pub not_built: Vec<String>,
+    /// Spark pins add-spark never checked against Apache's signature: real
+    /// builds refuse them. Errors with --online against real AWS.
+    pub unverified: Vec<String>,
     /// OS families of the preset the provisioners refuse (scripts/lib.sh's
     /// detect_os): build-amis refuses their provisioned builds before launch.
     pub api_only: Vec<String>,
@@ -135,6 +138,17 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         }
     }
     report.checked.insert("OS families", families.len());
+    if let Some(matrix) = &matrix {
+        for spark in matrix.images.iter().filter_map(|i| i.spark.as_ref()) {
+            if let Some(why) = crate::site::downloads::Tarball::spark(spark).unverified {
+                if args.online && !args.endpoint.is_emulator() {
+                    report.problems.push(Problem { path: display(&matrix_file), line: 1, message: why });
+                } else {
+                    report.unverified.push(why);
+                }
+            }
+        }
+    }
     report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
 
@@ -202,6 +216,9 @@ fn print_report(report: &Report, preset: &str) {
             if report.not_built.len() == 1 { "" } else { "s" },
             report.not_built.join(", ")
         );
+    }
+    for why in &report.unverified {
+        println!("note: {why} (real builds refuse it; an error with --online against AWS)");
     }
     for family in &report.api_only {
         println!(

@@ -132,6 +132,9 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
     let spark_log = build_log(build(&report, SPARK_BUILD));
     assert!(spark_log.contains("SHA-512 of spark-3.5.3-bin-hadoop3.tgz verified"), "{spark_log}");
     assert!(spark_log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{spark_log}");
+    let frame = "smoke test: DataFrame sums of squares by k: [(0%!(PACKER_COMMA) 112761)";
+    assert!(spark_log.contains(frame), "no pyspark DataFrame result in the log:\n{spark_log}");
+    assert!(spark_log.contains("smoke test: Spark runs on openjdk version \"17."), "{spark_log}");
     assert!(spark_log.contains(r#"Adding tag: "spark-packer:smoke-test": "passed""#), "{spark_log}");
     // Packer's machine-readable log writes each comma as %!(PACKER_COMMA).
     let needs = "SPARK_HOME outside login shells%!(PACKER_COMMA) and /etc/spark-packer/image.json: ok";
@@ -355,6 +358,8 @@ fn an_arm64_spark_image_runs_spark_under_emulation() {
     assert!(log.contains("spark-packer: OS: debian 13 (debian family): Debian GNU/Linux 13 (trixie)"), "{log}");
     assert!(log.contains("Setting up openjdk-21-jre-headless"), "{log}");
     assert!(log.contains("smoke test: Pi is roughly 3.1"), "no Pi in the log:\n{log}");
+    assert!(log.contains("smoke test: DataFrame sums of squares by k: [(0%!(PACKER_COMMA) 112761)"), "{log}");
+    assert!(log.contains("smoke test: Spark runs on openjdk version \"21."), "{log}");
     assert!(log.contains(r#"Adding tag: "spark-packer:architecture": "arm64""#), "{log}");
     let id = build["amis"]["us-east-1"].as_str().unwrap();
     let recorded = fs::read_to_string(ami_list.join("spark-4.3.0/us-east-1/hvm-arm64.debian-13")).unwrap();
@@ -402,6 +407,39 @@ fn provisioners_run_through_sudo_and_root_cannot_log_in() {
     drop(started);
     let left = instance::mounts_under(&instance::instances_dir());
     assert!(left.iter().all(|m| !m.contains(&format!("sudo-path-{}-", std::process::id()))), "{left:?}");
+}
+
+/// The Amazon Linux branches cannot run here; what can be checked is which
+/// branch each os-release selects and the package names it would install,
+/// as Amazon's published AL2023 package list spells them.
+#[test]
+fn each_os_release_selects_its_branch_and_package_names() {
+    let dir = scratch("os-release");
+    let sh = Shell::new().unwrap();
+    let lib = project::root().join("scripts/lib.sh");
+    let script = r#"set -euo pipefail; source "$1"; detect_os >/dev/null; choose_base_packages "$2"
+        echo "$OS_FAMILY|$BASE_JAVA|${BASE_TOOLS[*]}|$BASE_GMOND""#;
+    // Lines of each /etc/os-release: Amazon Linux as AWS documents them
+    // (docs.aws.amazon.com/linux/al2/ug/ident-os-release.html), Debian 13 as
+    // the trixie rootfs has them.
+    let cases = [
+        ("al2023", "NAME=\"Amazon Linux\"\nVERSION=\"2023\"\nID=\"amzn\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"2023\"\n", "17",
+         "amzn2023|java-17-amazon-corretto-headless|git curl-minimal wget ca-certificates xfsprogs procps-ng rsync unzip tar gzip|"),
+        ("debian-13", "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nVERSION_ID=\"13\"\nID=debian\n", "21",
+         "debian|openjdk-21-jre-headless|git curl wget ca-certificates xfsprogs procps rsync unzip tar gzip|ganglia-monitor"),
+    ];
+    for (name, os_release, java, want) in cases {
+        let file = dir.join(name);
+        fs::write(&file, os_release).unwrap();
+        let got = cmd!(sh, "bash -c {script} lib {lib} {java}").env("OS_RELEASE_FILE", &file).read().unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    let pv = dir.join("amzn-pv");
+    fs::write(&pv, "NAME=\"Amazon Linux AMI\"\nVERSION=\"2018.03\"\nID=\"amzn\"\nVERSION_ID=\"2018.03\"\n").unwrap();
+    let refused =
+        cmd!(sh, "bash -c {script} lib {lib} 8").env("OS_RELEASE_FILE", &pv).ignore_status().output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unsupported OS 'amzn 2018.03'"));
 }
 
 /// lib.sh reads every checksum format Apache has published.

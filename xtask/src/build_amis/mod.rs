@@ -60,7 +60,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub os: Vec<String>,
 
-    /// Only these images (repeat, or comma list), e.g. base,spark-4.3.0
+    /// Only these images (repeat, or comma list), e.g. base,spark-4.3.0; a
+    /// Spark line picks every version of it: spark-4, spark-3.5
     #[arg(long, value_delimiter = ',')]
     pub image: Vec<String>,
 

@@ -71,7 +71,32 @@ pub(super) fn summary_table(report: &Report, wide: bool) -> String {
             out.push_str(&format!("note: {}: {note}\n", build.name));
         }
     }
+    out.push_str(&arch_times(report));
     out.push_str(&totals(report));
+    out
+}
+
+/// For provisioned runs, each arm64 build's time against its x86_64 twin's:
+/// in the sandbox that is what qemu-user emulation costs.
+fn arch_times(report: &Report) -> String {
+    let mut out = String::new();
+    if !report.provisioned {
+        return out;
+    }
+    let ok = |b: &&BuildResult| b.status == Status::Ok && b.seconds > 0.0;
+    for arm in report.builds.iter().filter(ok).filter(|b| b.arch == "arm64") {
+        let twin = arm.name.replacen("-arm64", "-x86_64", 1);
+        let Some(x86) = report.builds.iter().filter(ok).find(|b| b.name == twin) else { continue };
+        let how = if report.endpoint.is_some() { ", under qemu-user emulation" } else { "" };
+        out.push_str(&format!(
+            "time: {} took {:.1}x as long as {} ({:.1}s against {:.1}s{how})\n",
+            arm.name,
+            arm.seconds / x86.seconds,
+            x86.name,
+            arm.seconds,
+            x86.seconds
+        ));
+    }
     out
 }
 
@@ -182,5 +207,30 @@ mod tests {
         let summary = summary_table(&report, false);
         assert!(summary.contains("note: base-hvm-arm64: ganglia gmond: not packaged for amzn 2023"), "{summary}");
         assert!(serde_json::to_string(&report).unwrap().contains(r#""notes":["ganglia gmond"#));
+    }
+
+    #[test]
+    fn arm64_builds_are_timed_against_their_x86_64_twins() {
+        let builds = Matrix::parse(include_str!("../../../packer/matrix.json"))
+            .unwrap()
+            .expand("default", &Filters::default(), Strategy::Copy, false)
+            .unwrap();
+        let mut results: Vec<BuildResult> = builds.iter().map(|b| result_of(b, Status::Ok)).collect();
+        for result in &mut results {
+            result.seconds = if result.arch == "arm64" { 150.0 } else { 30.0 };
+        }
+        results[3].status = Status::Failed;
+        let mut report = report_of(results);
+        report.provisioned = true;
+        report.endpoint = Some("http://127.0.0.1:5000".to_string());
+        let times = arch_times(&report);
+        assert_eq!(
+            times,
+            "time: base-debian-13-hvm-arm64 took 5.0x as long as base-debian-13-hvm-x86_64 \
+             (150.0s against 30.0s, under qemu-user emulation)\n",
+            "a failed build has no time to compare"
+        );
+        report.provisioned = false;
+        assert_eq!(arch_times(&report), "", "API-only builds take the same time on either architecture");
     }
 }

@@ -4,7 +4,8 @@
 //! target/local/spark-mirror and served on loopback like Apache's archive.
 //!
 //! Its SHA-512 is of this repackaged tarball, not Apache's: local builds pass
-//! it explicitly and label it so.
+//! it explicitly and label it so. Like Apache's, each tarball has a `.asc`,
+//! and the mirror a KEYS file, from the sandbox's own key (`signing`).
 
 use std::{
     fs::{self, File},
@@ -77,6 +78,7 @@ pub fn ensure_spark(sh: &Shell, venv: &Path, version: &str, hadoop_build: &str) 
     let tarball = tarball_path(&root, version, hadoop_build);
     if tarball.exists() {
         if let Ok(sha512) = published_sha512(&tarball) {
+            super::signing::sign(sh, &root, &tarball)?;
             return Ok(sha512);
         }
     }
@@ -132,7 +134,9 @@ pub fn ensure_spark(sh: &Shell, venv: &Path, version: &str, hadoop_build: &str) 
     let sum = cmd!(sh, "sha512sum {partial}").quiet().read().context("run sha512sum")?;
     let sha512 = parse_checksum_file(&sum).context("read sha512sum's output")?;
     fs::write(checksum_path(&tarball), format!("{sha512}  {name}.tgz\n"))?;
+    let _ = fs::remove_file(format!("{}.asc", tarball.display()));
     fs::rename(&partial, &tarball)?;
+    super::signing::sign(sh, &root, &tarball)?;
     Ok(sha512)
 }
 

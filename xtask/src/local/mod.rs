@@ -7,6 +7,7 @@
 pub mod emulation;
 pub mod instance;
 pub mod mirror;
+pub mod signing;
 
 use std::{
     ffi::OsString,

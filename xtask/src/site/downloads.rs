@@ -65,21 +65,41 @@ pub struct Tarball {
     pub file: String,
     /// The matrix's pin: the SHA-512 of Apache's file.
     pub pinned: String,
+    /// Why the pin cannot be trusted for a real build, with the fix: a Spark
+    /// pin that add-spark never checked against Apache's signature.
+    pub unverified: Option<String>,
 }
 
 impl Tarball {
     pub fn spark(spark: &Spark) -> Tarball {
         let v = &spark.version;
+        let unverified = match &spark.verified {
+            Some(verified) if verified.by_apache() => None,
+            Some(verified) => Some(format!("was checked against the KEYS at {}, not Apache's", verified.keys)),
+            None => Some("was never checked against Apache's signature".to_string()),
+        };
         Tarball {
             dir: format!("spark-{v}"),
             file: format!("spark-{v}-bin-{}.tgz", spark.hadoop_build),
             pinned: spark.sha512.clone(),
+            unverified: unverified.map(|why| {
+                format!(
+                    "packer/matrix.json's SHA-512 of spark-{v}-bin-{} {why}: run `cargo xtask add-spark {v} \
+                     --hadoop {}` where apache.org is reachable, and commit the matrix",
+                    spark.hadoop_build, spark.hadoop_build
+                )
+            }),
         }
     }
 
     pub fn hadoop(hadoop: &Hadoop) -> Tarball {
         let v = &hadoop.version;
-        Tarball { dir: format!("hadoop-{v}"), file: format!("hadoop-{v}.tar.gz"), pinned: hadoop.sha512.clone() }
+        Tarball {
+            dir: format!("hadoop-{v}"),
+            file: format!("hadoop-{v}.tar.gz"),
+            pinned: hadoop.sha512.clone(),
+            unverified: None,
+        }
     }
 
     pub fn url(&self, mirror: &str) -> String {
@@ -89,6 +109,9 @@ impl Tarball {
     /// The matrix's pin, refused unless it is a SHA-512: real builds must
     /// never download without checking.
     pub fn pin(&self, apache: &str) -> Result<Download> {
+        if let Some(why) = &self.unverified {
+            bail!("{why}");
+        }
         let valid = self.pinned.len() == 128 && self.pinned.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
             bail!(
@@ -151,11 +174,39 @@ pub(crate) fn for_builds(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matrix::Matrix;
+    use crate::matrix::{Matrix, Verified};
+
+    /// The checked-in matrix, its Spark 3.5.3 pin marked as add-spark marks
+    /// one it checked against Apache's KEYS (the fingerprint is the one
+    /// apache/spark-docker checks 3.5.3's tarball with).
+    fn matrix_with_verified_pin() -> Matrix {
+        let mut matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+        let image = matrix.images.iter_mut().find(|i| i.name == "spark-3.5.3").unwrap();
+        image.spark.as_mut().unwrap().verified = Some(Verified {
+            keys: "https://downloads.apache.org/spark/KEYS".to_string(),
+            fingerprint: "0A2D660358B6F6F8071FD16F6606986CF5A8447C".to_string(),
+            signer: "test fixture".to_string(),
+        });
+        matrix
+    }
 
     #[test]
-    fn real_builds_need_a_pinned_sha512() {
-        let matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+    fn real_builds_need_a_pin_verified_against_apaches_keys() {
+        let checked_in = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+        let spark = checked_in.image("spark-3.5.3").and_then(|i| i.spark.clone()).unwrap();
+        let error = Tarball::spark(&spark).pin(APACHE_SPARK).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "packer/matrix.json's SHA-512 of spark-3.5.3-bin-hadoop3 was never checked against Apache's \
+             signature: run `cargo xtask add-spark 3.5.3 --hadoop hadoop3` where apache.org is reachable, \
+             and commit the matrix"
+        );
+        let mut sandbox_signed = matrix_with_verified_pin().image("spark-3.5.3").unwrap().spark.clone().unwrap();
+        sandbox_signed.verified.as_mut().unwrap().keys = "http://127.0.0.1:8000/KEYS".to_string();
+        let error = Tarball::spark(&sandbox_signed).pin(APACHE_SPARK).unwrap_err().to_string();
+        assert!(error.contains("was checked against the KEYS at http://127.0.0.1:8000/KEYS, not Apache's"), "{error}");
+
+        let matrix = matrix_with_verified_pin();
         let spark = matrix.image("spark-3.5.3").and_then(|i| i.spark.clone()).unwrap();
         let tarball = Tarball::spark(&spark);
         let download = tarball.pin(APACHE_SPARK).unwrap();
@@ -167,14 +218,14 @@ mod tests {
         // Not pinned yet (empty in the matrix): refused for real builds too.
         let unpinned = matrix.image("spark-4.3.0").and_then(|i| i.spark.clone()).unwrap();
         let error = Tarball::spark(&unpinned).pin(APACHE_SPARK).unwrap_err().to_string();
-        assert!(error.contains("spark-4.3.0/spark-4.3.0-bin-hadoop3.tgz.sha512"), "{error}");
+        assert!(error.contains("run `cargo xtask add-spark 4.3.0 --hadoop hadoop3`"), "{error}");
         let hadoop = Tarball::hadoop(&Hadoop { version: "3.3.6".to_string(), sha512: String::new() });
         assert_eq!(hadoop.url(APACHE_HADOOP), format!("{APACHE_HADOOP}/hadoop-3.3.6/hadoop-3.3.6.tar.gz"));
     }
 
     #[test]
     fn a_mirror_given_by_the_user_keeps_the_matrix_pin() {
-        let matrix = Matrix::parse(include_str!("../../../packer/matrix.json")).unwrap();
+        let matrix = matrix_with_verified_pin();
         let builds = matrix.expand("seed-2014", &Default::default(), crate::matrix::Strategy::Copy, false).unwrap();
         let mirror = Mirror::pinned(&Some("http://mirror.example/spark/".to_string()), APACHE_SPARK);
         let hadoop = Mirror::pinned(&None, APACHE_HADOOP);
