@@ -52,7 +52,7 @@ detect_os() {
   esac
   export OS_ID OS_VERSION OS_FAMILY
   log "OS: $OS_ID $OS_VERSION ($OS_FAMILY family): $(os_release_field PRETTY_NAME)"
-  log "instance: $(uname -m); logged in as ${SUDO_USER:-$(id -un)}, provisioning as $(id -un)${SUDO_USER:+ through sudo}"
+  log "instance: $(uname -m); logged in as ${SUDO_USER:-$(id -un)}; provisioning as $(id -un)${SUDO_USER:+ through sudo}"
 }
 
 # choose_base_packages JAVA_MAJOR: the base image's package names on

@@ -24,6 +24,7 @@ pub mod publish;
 pub mod publishing;
 pub(crate) mod run_report;
 pub(crate) mod site;
+pub(crate) mod stale;
 pub(crate) mod sweep;
 pub(crate) mod template;
 pub mod validate;

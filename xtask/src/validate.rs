@@ -88,6 +88,8 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Cells of the preset with no ami-list file ("not built yet").
     pub not_built: Vec<String>,
+    /// --online: recorded images built from a source that is no longer the newest.
+    pub stale: Vec<String>,
     /// Spark pins add-spark never checked against Apache's signature: real
     /// builds refuse them. Errors with --online against real AWS.
     pub unverified: Vec<String>,
@@ -163,6 +165,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         let public = matrix.as_ref().and_then(|m| m.preset(&args.preset).ok()).is_some_and(|p| p.public);
         report.problems.extend(check_online(sh, &connection.aws, &recorded, public));
         report.checked.insert("AMIs in EC2", recorded.len());
+        report.stale = crate::stale::stale_sources(sh, &connection.aws, &builds, &recorded);
         if let Some(prefix) = &args.ssm {
             report.problems.extend(crate::publishing::validate_ssm(sh, &connection.aws, prefix, &recorded));
             report.checked.insert("SSM parameters", recorded.len());
@@ -216,6 +219,9 @@ fn print_report(report: &Report, preset: &str) {
             if report.not_built.len() == 1 { "" } else { "s" },
             report.not_built.join(", ")
         );
+    }
+    for stale in &report.stale {
+        println!("note: {stale}");
     }
     for why in &report.unverified {
         println!("note: {why} (real builds refuse it; an error with --online against AWS)");

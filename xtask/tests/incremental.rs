@@ -119,6 +119,22 @@ fn only_what_changed_is_built_again() {
     // A newer source image: every build on it is built again, and says why.
     std::thread::sleep(std::time::Duration::from_secs(2)); // creation dates have 1 s resolution
     let second_source = publish_source(&emulator, "newsrc-2-x86_64");
+    // validate --online names the recorded images the new source made stale.
+    let validate =
+        common::xtask(&["validate", "--online", "--preset", "seed-2014", "--endpoint", &emulator.endpoint()])
+            .arg("--matrix")
+            .arg(&matrix)
+            .arg("--ami-list")
+            .arg(&ami_list)
+            .output()
+            .unwrap();
+    let said = String::from_utf8_lossy(&validate.stdout);
+    for image in ["base", "spark-3.5.3"] {
+        let stale = format!(
+            "note: stale: {image}/us-east-1/hvm was built from {first_source}; the newest newsrc-*-x86_64 is now {second_source}"
+        );
+        assert!(said.contains(&stale), "{}", common::text(&validate));
+    }
     let (_, third) = build(&emulator, &ami_list, &matrix);
     for (name, status, why) in outcome(&third) {
         assert_eq!(status, "ok", "{name} was not built again: {third:#}");

@@ -124,7 +124,7 @@ fn base_and_spark_are_provisioned_smoke_tested_and_recorded() {
         // The machine we ship: Debian 12 (the family's os-release), logged
         // into as admin, the scripts run as root through sudo.
         assert!(log.contains("spark-packer: OS: debian 12 (debian family): Debian GNU/Linux 12 (bookworm)"), "{log}");
-        let instance = "spark-packer: instance: x86_64; logged in as admin, provisioning as root through sudo";
+        let instance = "spark-packer: instance: x86_64; logged in as admin; provisioning as root through sudo";
         assert!(log.contains(instance), "{name}: not provisioned as admin through sudo:\n{log}");
         assert!(log.contains(r#"Adding tag: "spark-packer:os": "debian-12""#), "{log}");
     }
@@ -353,7 +353,7 @@ fn an_arm64_spark_image_runs_spark_under_emulation() {
     let report = json_report(&output);
     let build = build(&report, "spark-4.3.0-debian-13-hvm-arm64");
     let log = build_log(build);
-    let instance = "spark-packer: instance: aarch64; logged in as admin, provisioning as root through sudo";
+    let instance = "spark-packer: instance: aarch64; logged in as admin; provisioning as root through sudo";
     assert!(log.contains(instance), "not provisioned on aarch64 as admin:\n{log}");
     assert!(log.contains("spark-packer: OS: debian 13 (debian family): Debian GNU/Linux 13 (trixie)"), "{log}");
     assert!(log.contains("Setting up openjdk-21-jre-headless"), "{log}");
