@@ -55,7 +55,7 @@ show_log() {
 
 # wait_for LOG PATTERN PID WHAT: until PATTERN shows in LOG; fails if PID dies.
 # A master starts in seconds on an instance; the limit is for slow emulation.
-ready_limit=300
+ready_limit=600
 wait_for() {
   local file=$1 pattern=$2 pid=$3 what=$4 waited=0
   until grep -q -- "$pattern" "$file" 2>/dev/null; do

@@ -286,26 +286,7 @@ impl Matrix {
     /// an image whose Spark runs on no Java the OS family packages.
     pub fn expand(&self, preset_name: &str, filters: &Filters, strategy: Strategy, public: bool) -> Result<Vec<Build>> {
         let preset = self.preset(preset_name)?;
-        // An image may be named by its line: `spark-4` is every spark-4.x.y.
-        let matches = |axis: &str, name: &str, wanted: &str| {
-            name == wanted || (axis == "image" && name.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('.')))
-        };
-        let pick = |axis: &str, all: &[String], wanted: &[String]| -> Result<Vec<String>> {
-            for w in wanted {
-                if !all.iter().any(|name| matches(axis, name, w)) {
-                    bail!(
-                        "{axis} `{w}` is not in preset `{preset_name}` (it has: {}); \
-                         pick one of those or choose another --preset",
-                        all.join(", ")
-                    );
-                }
-            }
-            Ok(all
-                .iter()
-                .filter(|x| wanted.is_empty() || wanted.iter().any(|w| matches(axis, x, w)))
-                .cloned()
-                .collect())
-        };
+        let pick = |axis: &str, all: &[String], wanted: &[String]| pick_axis(preset_name, axis, all, wanted);
         let oses = pick("OS family", &preset.os, &filters.os)?;
         let images = pick("image", &preset.images, &filters.images)?;
         let virts = pick("virtualization", &preset.virtualization, &filters.virts)?;
@@ -338,8 +319,11 @@ impl Matrix {
                         else {
                             continue;
                         };
-                        let cell = |region: &str, copy_regions: Vec<String>, name: String| Build {
-                            name,
+                        let template = Build {
+                            name: match os.slot_suffix() {
+                                Some(os) => format!("{image_name}-{os}-{virt}-{arch}"),
+                                None => format!("{image_name}-{virt}-{arch}"),
+                            },
                             image: image.clone(),
                             os: os.clone(),
                             java,
@@ -347,25 +331,11 @@ impl Matrix {
                             arch: arch.clone(),
                             instance_type: settings.instance_type.clone(),
                             source_ami: source.clone(),
-                            region: region.to_string(),
-                            copy_regions,
+                            region: build_region.clone(),
+                            copy_regions: Vec::new(),
                             public,
                         };
-                        let base_name = match os.slot_suffix() {
-                            Some(os) => format!("{image_name}-{os}-{virt}-{arch}"),
-                            None => format!("{image_name}-{virt}-{arch}"),
-                        };
-                        match strategy {
-                            Strategy::Copy => {
-                                let copies = regions.iter().filter(|r| **r != build_region).cloned().collect();
-                                builds.push(cell(&build_region, copies, base_name));
-                            }
-                            Strategy::Native => {
-                                for region in &regions {
-                                    builds.push(cell(region, Vec::new(), format!("{base_name}-{region}")));
-                                }
-                            }
-                        }
+                        builds.extend(place(template, strategy, &regions));
                     }
                 }
             }
@@ -378,6 +348,39 @@ impl Matrix {
             );
         }
         Ok(builds)
+    }
+}
+
+/// The preset's values of one axis that the user's filter keeps; an image
+/// may be named by its line (`spark-4` is every spark-4.x.y).
+fn pick_axis(preset_name: &str, axis: &str, all: &[String], wanted: &[String]) -> Result<Vec<String>> {
+    let matches = |name: &str, wanted: &str| {
+        name == wanted || (axis == "image" && name.strip_prefix(wanted).is_some_and(|rest| rest.starts_with('.')))
+    };
+    for w in wanted {
+        if !all.iter().any(|name| matches(name, w)) {
+            bail!(
+                "{axis} `{w}` is not in preset `{preset_name}` (it has: {}); \
+                 pick one of those or choose another --preset",
+                all.join(", ")
+            );
+        }
+    }
+    Ok(all.iter().filter(|x| wanted.is_empty() || wanted.iter().any(|w| matches(x, w))).cloned().collect())
+}
+
+/// One cell's builds: with `copy`, the one in the build region copying to
+/// the other regions; with `native`, one per region, named after it.
+fn place(cell: Build, strategy: Strategy, regions: &[String]) -> Vec<Build> {
+    match strategy {
+        Strategy::Copy => {
+            let copy_regions = regions.iter().filter(|r| **r != cell.region).cloned().collect();
+            vec![Build { copy_regions, ..cell }]
+        }
+        Strategy::Native => regions
+            .iter()
+            .map(|region| Build { name: format!("{}-{region}", cell.name), region: region.clone(), ..cell.clone() })
+            .collect(),
     }
 }
 

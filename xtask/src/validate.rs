@@ -132,27 +132,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     );
     report.problems.extend(templates?);
     report.checked.insert("packer builds", builds.len());
-    let families: BTreeMap<&str, &crate::matrix::OsFamily> =
-        builds.iter().map(|b| (b.os.name.as_str(), &b.os)).collect();
-    for (name, os) in &families {
-        if let Err(why) = crate::os_support::provisioners_support(sh, os)? {
-            report.api_only.push(format!("{name} ({why})"));
-        }
-    }
-    report.checked.insert("OS families", families.len());
-    if let Some(matrix) = &matrix {
-        for spark in matrix.images.iter().filter_map(|i| i.spark.as_ref()) {
-            if let Some(why) = crate::site::downloads::Tarball::spark(spark).unverified {
-                if args.online && !args.endpoint.is_emulator() {
-                    report.problems.push(Problem { path: display(&matrix_file), line: 1, message: why });
-                } else {
-                    report.unverified.push(why);
-                }
-            }
-        }
-    }
     report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
+    check_platforms(sh, args, matrix.as_ref(), &builds, &matrix_file, &mut report)?;
 
     let recorded = match &matrix {
         Some(matrix) => check_ami_list(args, matrix, &builds, &mut report)?,
@@ -184,6 +166,38 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     }
     if !report.problems.is_empty() {
         bail!("{} problem{} found", report.problems.len(), if report.problems.len() == 1 { "" } else { "s" });
+    }
+    Ok(())
+}
+
+/// The OS families the provisioners refuse (API-only), and the Spark pins
+/// never checked against Apache's signature (errors --online against AWS).
+fn check_platforms(
+    sh: &Shell,
+    args: &Args,
+    matrix: Option<&Matrix>,
+    builds: &[Build],
+    matrix_file: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let families: BTreeMap<&str, &crate::matrix::OsFamily> =
+        builds.iter().map(|b| (b.os.name.as_str(), &b.os)).collect();
+    for (name, os) in &families {
+        if let Err(why) = crate::os_support::provisioners_support(sh, os)? {
+            report.api_only.push(format!("{name} ({why})"));
+        }
+    }
+    report.checked.insert("OS families", families.len());
+    if let Some(matrix) = matrix {
+        for spark in matrix.images.iter().filter_map(|i| i.spark.as_ref()) {
+            if let Some(why) = crate::site::downloads::Tarball::spark(spark).unverified {
+                if args.online && !args.endpoint.is_emulator() {
+                    report.problems.push(Problem { path: display(matrix_file), line: 1, message: why });
+                } else {
+                    report.unverified.push(why);
+                }
+            }
+        }
     }
     Ok(())
 }

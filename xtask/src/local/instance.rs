@@ -131,6 +131,7 @@ pub fn ensure_rootfs(sh: &Shell, kind: &RootfsKind) -> Result<PathBuf> {
     }
     let include = format!("--include={}", ROOTFS_PACKAGES.join(","));
     let arch = format!("--arch={}", kind.debian_arch());
+    let _cpu = (!kind.is_native()).then(|| sh.push_env(super::emulation::QEMU_CPU.0, super::emulation::QEMU_CPU.1));
     let suite = &kind.suite;
     let output = cmd!(sh, "debootstrap --variant=minbase {arch} {include} {suite} {tmp} {DEBIAN_MIRROR}")
         .quiet()
@@ -278,11 +279,17 @@ impl Instance {
 
         add_login_user(sh, &merged, login_user, key)?;
         write_hosts(&merged)?;
+        if !kind.is_native() {
+            keep_emulated_cpu(&merged)?;
+        }
         fs::create_dir_all(merged.join("run/sshd")).context("create sshd's privilege separation directory")?;
 
         let log_for = |port| dir.join(format!("sshd-{port}.log"));
         let sshd = start_listening("sshd in the local instance", Duration::from_secs(15), log_for, |port| {
             let mut command = Command::new("chroot");
+            if !kind.is_native() {
+                command.env(super::emulation::QEMU_CPU.0, super::emulation::QEMU_CPU.1);
+            }
             command
                 .arg(&merged)
                 .args(["/usr/sbin/sshd", "-D", "-e", "-p", &port.to_string()])
@@ -354,6 +361,23 @@ fn add_login_user(sh: &Shell, root: &Path, user: &str, key: &SshKey) -> Result<(
     let owner = format!("{user}:{user}");
     let home_in_root = format!("/home/{user}");
     cmd!(sh, "chroot {root} chown -R {owner} {home_in_root}").quiet().run().context("give the login user its home")?;
+    Ok(())
+}
+
+/// Every process of an emulated instance runs on the emulated CPU
+/// `emulation::QEMU_CPU` names: sshd sessions read it from /etc/environment
+/// (PAM), and sudo keeps it. Only the local instance has these lines.
+fn keep_emulated_cpu(root: &Path) -> Result<()> {
+    let (var, value) = super::emulation::QEMU_CPU;
+    let environment = root.join("etc/environment");
+    let mut text = fs::read_to_string(&environment).unwrap_or_default();
+    if !text.lines().any(|l| l.starts_with(&format!("{var}="))) {
+        text.push_str(&format!("{var}={value}\n"));
+        fs::write(&environment, text).context("write the instance's /etc/environment")?;
+    }
+    let sudoers = root.join("etc/sudoers.d/90-spark-packer-emulation");
+    fs::write(&sudoers, format!("Defaults env_keep += \"{var}\"\n")).context("write the sudoers rule")?;
+    fs::set_permissions(&sudoers, fs::Permissions::from_mode(0o440))?;
     Ok(())
 }
 
