@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The architectures EC2 names and the factory builds.
+pub const ARCHITECTURES: [&str; 2] = ["x86_64", "arm64"];
+
 /// The one image without Spark; every Spark image is it plus Spark.
 pub const BASE_IMAGE: &str = "base";
 

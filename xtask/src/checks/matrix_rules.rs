@@ -50,7 +50,6 @@ pub const AWS_REGIONS: &[&str] = &[
 ];
 
 const VIRTUALIZATION_TYPES: [&str; 2] = ["hvm", "pv"];
-pub(super) const ARCHITECTURES: [&str; 2] = ["x86_64", "arm64"];
 
 /// Walks a JSON text, noting the line each value starts on.
 struct Scanner<'a> {
@@ -260,7 +259,7 @@ fn check_virtualization<'m>(matrix: &'m Matrix, report: &mut impl FnMut(&str, St
         let mut archs = BTreeSet::new();
         for (j, settings) in virt.archs.iter().enumerate() {
             let at = format!("{at}.archs[{j}]");
-            if !ARCHITECTURES.contains(&settings.arch.as_str()) {
+            if !matrix::ARCHITECTURES.contains(&settings.arch.as_str()) {
                 report(&format!("{at}.arch"), format!("unknown architecture `{}`: use x86_64 or arm64", settings.arch));
             } else if virt.name == "pv" && settings.arch != "x86_64" {
                 report(
@@ -317,7 +316,7 @@ fn check_presets(
         axis("os", &preset.os, os_names, "OS family");
         axis("images", &preset.images, image_names, "image");
         axis("virtualization", &preset.virtualization, virt_names, "virtualization type");
-        axis("archs", &preset.archs, &ARCHITECTURES.into_iter().collect(), "architecture");
+        axis("archs", &preset.archs, &matrix::ARCHITECTURES.into_iter().collect(), "architecture");
         let regions: BTreeSet<&str> = AWS_REGIONS.iter().copied().collect();
         let mut seen = BTreeSet::new();
         if preset.regions.is_empty() {

@@ -47,7 +47,7 @@ pub(super) fn check_os_families<'m>(
             if !virt_names.contains(source.virt.as_str()) {
                 report(&format!("{here}.virt"), format!("unknown virtualization `{}`", source.virt));
             }
-            if !super::matrix_rules::ARCHITECTURES.contains(&source.arch.as_str()) {
+            if !crate::matrix::ARCHITECTURES.contains(&source.arch.as_str()) {
                 report(&format!("{here}.arch"), format!("unknown architecture `{}`: use x86_64 or arm64", source.arch));
             }
             if source.filter.name.trim().is_empty() {

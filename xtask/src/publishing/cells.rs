@@ -105,8 +105,20 @@ pub fn read_recorded(root: &Path, recorded: &[String]) -> Result<Vec<Cell>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A cell with the seed's file names (no OS family), for tests.
+    pub(crate) fn seed_cell(image: &str, region: &str, virt: &str, arch: &str, id: &str) -> Cell {
+        Cell {
+            image: image.into(),
+            region: region.into(),
+            virt: virt.into(),
+            arch: arch.into(),
+            os: None,
+            id: id.into(),
+        }
+    }
     use crate::project;
 
     #[test]

@@ -139,16 +139,7 @@ mod tests {
     use super::*;
     use crate::project;
 
-    fn cell(image: &str, region: &str, virt: &str, arch: &str, id: &str) -> Cell {
-        Cell {
-            image: image.into(),
-            region: region.into(),
-            virt: virt.into(),
-            arch: arch.into(),
-            os: None,
-            id: id.into(),
-        }
-    }
+    use super::super::cells::tests::seed_cell as cell;
 
     #[test]
     fn one_image_flattened_with_pv_named_pvm() {

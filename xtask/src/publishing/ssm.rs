@@ -220,16 +220,7 @@ pub fn with_fix(error: String) -> String {
 mod tests {
     use super::*;
 
-    fn cell(image: &str, region: &str, virt: &str, arch: &str, id: &str) -> Cell {
-        Cell {
-            image: image.into(),
-            region: region.into(),
-            virt: virt.into(),
-            arch: arch.into(),
-            os: None,
-            id: id.into(),
-        }
-    }
+    use super::super::cells::tests::seed_cell as cell;
 
     fn wanted(region: &str, name: &str, value: &str) -> Wanted {
         Wanted { region: region.into(), name: name.into(), value: value.into(), label: "run-r1".into() }
