@@ -71,6 +71,8 @@ pub struct Args {
 const WAYS: [&str; 5] = ["build-amis-copy", "build-amis-native", "build-amis-rerun", "single-packer", "bash-loop"];
 const BASELINE: &str = "single-packer";
 const SEED_AMIS: usize = 32;
+/// --spark-on-base's matrix: the spark-3.5 preset on x86_64, 2 builds in 3 regions.
+const LAYER_AMIS: usize = 6;
 
 /// One benchmark's figures: `W` is its per-way result.
 #[derive(Debug, Serialize)]
@@ -231,7 +233,7 @@ fn bench_spark_on_base(sh: &Shell, args: &Args) -> Result<()> {
         let dir = work.join(format!("{round}-{way}"));
         fs::create_dir_all(&dir)?;
         let run = run_local_provisioned(sh, &dir, way == "spark-on-base")?;
-        ensure!(run.amis == SEED_AMIS, "{way} made {} AMIs, not {SEED_AMIS}; see {}", run.amis, dir.display());
+        ensure!(run.amis == LAYER_AMIS, "{way} made {} AMIs, not {LAYER_AMIS}; see {}", run.amis, dir.display());
         runs.entry(way).or_default().push(run);
     }
     let ratios = |way: &str, value: fn(&LayerRun) -> f64| -> Vec<f64> {
@@ -344,9 +346,9 @@ pub fn render_spark_on_base(results: &Results<LayerWay>) -> String {
     }
     let _ = writeln!(
         out,
-        "\nRatios are to `from-stock`, paired within each round. `from-stock` runs all 4 builds at once; \
-         `spark-on-base` runs the 2 base builds, then the 2 Spark builds on their AMIs, which skip base.sh. \
-         Here every build shares the machine's cores, so 4 builds at once stretch each other's times; on EC2 \
+        "\nRatios are to `from-stock`, paired within each round. `from-stock` runs both builds at once; \
+         `spark-on-base` runs the base build, then the Spark build on its AMI, which skips base.sh. \
+         Here the builds share the machine's cores, so builds at once stretch each other's times; on EC2 \
          each build has an instance of its own, and the saving is rather the time base.sh takes, once per \
          Spark build."
     );
@@ -468,8 +470,7 @@ fn machine(sh: &Shell) -> String {
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("moto"))
-        .unwrap_or("moto")
-        .to_string();
+        .map_or("moto".to_string(), |l| l.trim_end_matches('\\').trim().to_string());
     format!("{cores} cores, {kernel}, {}, {moto}", packer.lines().next().unwrap_or("packer"))
 }
 
