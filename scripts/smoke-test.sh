@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The last provisioner: start a standalone master and one worker, submit the
-# pi.py example and a pyspark DataFrame job, check their answers, stop both. Any failure fails the build, so
-# an image that cannot run Spark never becomes an AMI.
+# pi.py example and a pyspark DataFrame job, check their answers, stop both.
+# Any failure fails the build, so an image that cannot run Spark never
+# becomes an AMI.
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
