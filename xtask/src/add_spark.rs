@@ -73,7 +73,7 @@ pub struct Args {
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let version = &args.version;
-    if !is_version(version) {
+    if !crate::matrix::is_release_version(version) {
         bail!("`{version}` is not a Spark version such as 4.3.0");
     }
     let matrix_path = args.matrix.clone().unwrap_or_else(project::matrix_file);
@@ -268,11 +268,6 @@ fn default_java(version: &str) -> Vec<u32> {
     } else {
         vec![17, 21]
     }
-}
-
-fn is_version(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 /// The architectures EC2 names and the factory builds.
 pub const ARCHITECTURES: [&str; 2] = ["x86_64", "arm64"];
 
+/// A Spark release's version as Apache numbers them: X.Y.Z, digits only.
+pub fn is_release_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The one image without Spark; every Spark image is it plus Spark.
 pub const BASE_IMAGE: &str = "base";
 

@@ -194,7 +194,7 @@ fn check_images<'m>(matrix: &'m Matrix, report: &mut impl FnMut(&str, String)) -
             ),
             None => {}
             Some(spark) => {
-                if !is_version(&spark.version) {
+                if !matrix::is_release_version(&spark.version) {
                     report(
                         &format!("{at}.spark.version"),
                         format!("Spark version `{}` is not X.Y.Z, e.g. 3.5.3", spark.version),
@@ -374,11 +374,6 @@ pub(super) fn unknown_region(region: &str) -> String {
     } else {
         format!("unknown AWS region `{region}`: did you mean one of {}?", near.join(", "))
     }
-}
-
-fn is_version(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_hadoop_build(b: &str) -> bool {
