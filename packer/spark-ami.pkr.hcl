@@ -1,12 +1,16 @@
-# One cell of the matrix: one launch in var.region, copied to var.copy_regions.
-# `cargo xtask build-amis` writes the variables from packer/matrix.json; the
-# same template serves real AWS and the local EC2 emulator.
+# One cell of the matrix: one launch in var.region, copied to var.copy_regions,
+# or one container image. `cargo xtask build-amis` writes the variables from
+# packer/matrix.json; the same template serves real AWS, the local EC2
+# emulator and Docker, so AMIs and container images run the same provisioners
+# in the same order.
 #
-# Two builds of the one source; pick one with -only (build-amis does):
+# Three builds; pick one with -only (build-amis does):
 #   -only=amazon-ebs.provisioned  runs scripts/ over SSH, smoke test last;
 #   -only=amazon-ebs.api_only     communicator "none": launch, snapshot,
 #                                 register, no provisioning (Packer cannot
-#                                 run provisioners without a communicator).
+#                                 run provisioners without a communicator);
+#   -only=docker.container        (platform docker) runs scripts/ in a
+#                                 container, commits it, tags and pushes it.
 packer {
   required_version = ">= 1.6.6"
 }
@@ -161,6 +165,41 @@ variable "hadoop_sha512_source" {
   type    = string
   default = "packer/matrix.json (Apache)"
 }
+variable "platform" {
+  type        = string
+  default     = "ami"
+  description = "ami (the amazon-ebs builds) or docker (the docker.container build)."
+}
+variable "docker_image" {
+  type        = string
+  default     = ""
+  description = "The container's source image: a registry image, or in the sandbox one imported from the local instance's Debian rootfs."
+}
+variable "docker_pull" {
+  type        = bool
+  default     = true
+  description = "Pull docker_image first; false for an image only the local daemon has."
+}
+variable "docker_run_args" {
+  type        = list(string)
+  default     = []
+  description = "More `docker run` arguments: the sandbox's apt cache mount, QEMU_CPU for emulated arm64."
+}
+variable "docker_repository" {
+  type        = string
+  default     = ""
+  description = "Where the image is pushed: REGISTRY/NAMESPACE/IMAGE, e.g. 127.0.0.1:5000/spark-packer/base."
+}
+variable "docker_tag" {
+  type        = string
+  default     = ""
+  description = "The pushed tag: <run-id>-<os>-<arch>; also the image's org.opencontainers.image.version."
+}
+variable "source_url" {
+  type        = string
+  default     = ""
+  description = "The factory's repository URL, the image's org.opencontainers.image.source."
+}
 variable "smoke_test" {
   type        = bool
   default     = true
@@ -181,7 +220,8 @@ locals {
     "echo 'spark-packer: WARNING: smoke test OFF (debugging): this image was never shown to run Spark'"
   ] : []
   # The images log in as a user (admin, ec2-user): the scripts need root.
-  execute_command = var.ssh_username == "root" ? "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}" : "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
+  # A container runs them as root, as `docker run` would.
+  execute_command = var.ssh_username == "root" || var.platform == "docker" ? "chmod +x {{ .Path }}; {{ .Vars }} {{ .Path }}" : "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} {{ .Path }}"
   scripts_dir     = "/tmp/spark-packer"
 
   factory_tags = {
@@ -202,6 +242,25 @@ locals {
     # The AMI exists only if every provisioner, the smoke test last, passed.
     "spark-packer:smoke-test" = var.communicator == "none" ? "not-provisioned" : (! local.has_spark ? "no-spark" : (var.smoke_test ? "passed" : "SKIPPED"))
   }
+
+  # A container image carries the same facts as labels (no virtualization,
+  # no base AMI), next to the OCI annotations registries show.
+  docker_labels = merge(
+    { for k, v in local.factory_tags : k => v if ! contains(["spark-packer:virtualization", "spark-packer:base-ami"], k) },
+    {
+      "org.opencontainers.image.source"   = var.source_url
+      "org.opencontainers.image.revision" = var.git_commit
+      "org.opencontainers.image.created"  = var.created_at
+      "org.opencontainers.image.version"  = var.docker_tag
+      "org.opencontainers.image.title"    = "spark-packer ${var.image} on ${var.os_family} (${var.arch})"
+    },
+  )
+  # `docker run IMAGE spark-submit ...` works as in Apache's images: no login
+  # shell reads profile.d there. Java is on the default PATH.
+  docker_env = local.has_spark ? [
+    "ENV SPARK_HOME=/opt/spark",
+    "ENV PATH=/opt/spark/bin:/opt/spark/sbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  ] : []
 }
 
 source "amazon-ebs" "ami" {
@@ -239,7 +298,23 @@ source "amazon-ebs" "ami" {
   }
 }
 
+source "docker" "container" {
+  image  = var.docker_image
+  pull   = var.docker_pull
+  commit = true
+  # Host networking: apt and the Spark mirror, as an instance reaches them.
+  run_command = concat(["-d", "-i", "-t", "--network=host"], var.docker_run_args, ["--entrypoint=/bin/sh", "--", "{{.Image}}"])
+  # Reset the entrypoint the run command set, or the image keeps /bin/sh.
+  changes = concat(
+    ["ENTRYPOINT [\"\"]", "CMD [\"/bin/bash\"]"],
+    [for k, v in local.docker_labels : "LABEL ${jsonencode(k)}=${jsonencode(v)}"],
+    local.docker_env,
+  )
+}
+
 build {
+  sources = ["source.docker.container"]
+
   source "source.amazon-ebs.ami" {
     name         = "api_only"
     communicator = "none"
@@ -257,19 +332,19 @@ build {
   }
 
   provisioner "shell" {
-    only            = ["amazon-ebs.provisioned"]
+    only            = ["amazon-ebs.provisioned", "docker.container"]
     execute_command = local.execute_command
     inline          = ["mkdir -p ${local.scripts_dir}", "chmod 0777 ${local.scripts_dir}"]
   }
 
   provisioner "file" {
-    only        = ["amazon-ebs.provisioned"]
+    only        = ["amazon-ebs.provisioned", "docker.container"]
     source      = "${path.root}/../scripts/"
     destination = "${local.scripts_dir}/"
   }
 
   provisioner "shell" {
-    only            = ["amazon-ebs.provisioned"]
+    only            = ["amazon-ebs.provisioned", "docker.container"]
     execute_command = local.execute_command
     environment_vars = [
       "SPARK_PACKER_IMAGE=${var.image}",
@@ -288,5 +363,17 @@ build {
       [for step in local.steps : "bash ${local.scripts_dir}/${step}"],
       ["rm -rf ${local.scripts_dir}"],
     )
+  }
+
+  # The committed container, tagged and pushed; build-amis reads its digest.
+  post-processors {
+    post-processor "docker-tag" {
+      only       = ["docker.container"]
+      repository = var.docker_repository
+      tags       = [var.docker_tag]
+    }
+    post-processor "docker-push" {
+      only = ["docker.container"]
+    }
   }
 }

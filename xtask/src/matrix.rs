@@ -117,6 +117,11 @@ pub struct OsFamily {
     /// sandbox cannot stand in for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_suite: Option<String>,
+    /// The registry image the docker platform starts from for real use, e.g.
+    /// `debian:trixie`; none when the family has no container image. The
+    /// sandbox imports `local_suite`'s rootfs instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<String>,
     /// Keep the seed's ami-list names (`hvm`, `pv`) with no `.<os>` suffix.
     #[serde(default)]
     pub seed_slots: bool,
@@ -224,6 +229,46 @@ impl OsFamily {
     pub fn slot_suffix(&self) -> Option<&str> {
         (!self.seed_slots).then_some(self.name.as_str())
     }
+}
+
+/// One container image of the docker platform: an image on an OS family for
+/// one architecture. `cell` is the AMI build of the same image, OS and
+/// architecture, whose provisioner variables it shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerBuild {
+    /// `<image>-<os>-<arch>`, e.g. `spark-4.3.0-debian-13-arm64`.
+    pub name: String,
+    pub cell: Build,
+}
+
+impl ContainerBuild {
+    /// The images-list file name and the tag's tail: `<os>-<arch>`.
+    pub fn slot(&self) -> String {
+        format!("{}-{}", self.cell.os.name, self.cell.arch)
+    }
+
+    /// `<registry>/<image>`, e.g. `127.0.0.1:5000/spark-packer/base`.
+    pub fn repository(&self, registry: &str) -> String {
+        format!("{}/{}", registry.trim_end_matches('/'), self.cell.image.name)
+    }
+
+    /// `<run-id>-<os>-<arch>`: each run's image stays addressable.
+    pub fn tag(&self, run_id: &str) -> String {
+        format!("{run_id}-{}", self.slot())
+    }
+}
+
+/// The container builds of a preset's AMI builds: one per image, OS family
+/// and architecture (containers have no virtualization type or region).
+pub fn container_builds(builds: &[Build]) -> Vec<ContainerBuild> {
+    let mut containers: Vec<ContainerBuild> = Vec::new();
+    for build in builds {
+        let name = format!("{}-{}-{}", build.image.name, build.os.name, build.arch);
+        if !containers.iter().any(|c| c.name == name) {
+            containers.push(ContainerBuild { name, cell: build.clone() });
+        }
+    }
+    containers
 }
 
 /// The ami-list file name: `hvm`, `pv`, or `<virt>-<arch>` for anything but
@@ -414,6 +459,29 @@ mod tests {
 
     fn checked_in() -> Matrix {
         Matrix::parse(include_str!("../../packer/matrix.json")).unwrap()
+    }
+
+    #[test]
+    fn containers_are_one_per_image_os_and_architecture() {
+        let matrix = checked_in();
+        let amis = matrix.expand("default", &Filters::default(), Strategy::Native, false).unwrap();
+        let containers = container_builds(&amis);
+        let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "base-debian-13-x86_64",
+                "base-debian-13-arm64",
+                "spark-4.3.0-debian-13-x86_64",
+                "spark-4.3.0-debian-13-arm64"
+            ]
+        );
+        let spark = &containers[3];
+        assert_eq!(spark.repository("127.0.0.1:5000/spark-packer/"), "127.0.0.1:5000/spark-packer/spark-4.3.0");
+        assert_eq!(spark.tag("20261126T002221Z-5f79"), "20261126T002221Z-5f79-debian-13-arm64");
+        // The seed's PV and HVM cells of one image and architecture are one container.
+        let seed = matrix.expand("seed-2014", &Filters::default(), Strategy::Copy, false).unwrap();
+        assert_eq!(container_builds(&seed).len(), 2 + 2);
     }
 
     fn ami_count(builds: &[Build]) -> usize {

@@ -60,6 +60,18 @@ pub(crate) struct TemplateVars {
     pub hadoop_sha512: String,
     pub hadoop_sha512_source: String,
     pub smoke_test: bool,
+    /// `ami`, or `docker` for the docker.container build.
+    pub platform: String,
+    /// The container's source image, and whether Packer pulls it first.
+    pub docker_image: String,
+    pub docker_pull: bool,
+    /// More `docker run` arguments (the sandbox's apt cache, QEMU_CPU).
+    pub docker_run_args: Vec<String>,
+    /// Where the committed image is pushed, and its tag.
+    pub docker_repository: String,
+    pub docker_tag: String,
+    /// The image's org.opencontainers.image.source.
+    pub source_url: String,
 }
 
 /// What one run gives all its builds.
@@ -111,6 +123,13 @@ impl TemplateVars {
             hadoop_sha512: String::new(),
             hadoop_sha512_source: String::new(),
             smoke_test: true,
+            platform: "ami".to_string(),
+            docker_image: String::new(),
+            docker_pull: true,
+            docker_run_args: Vec::new(),
+            docker_repository: String::new(),
+            docker_tag: String::new(),
+            source_url: String::new(),
         }
     }
 

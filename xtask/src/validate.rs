@@ -266,14 +266,13 @@ fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec
     };
     let template = template::template_file();
     let template_name = display(&template);
-    let results: Vec<Result<Vec<Problem>>> = builds
+    let jobs = validate_jobs(builds, &stamp);
+    let results: Vec<Result<Vec<Problem>>> = jobs
         .par_iter()
-        .map_with(sh.clone(), |sh, build| {
-            // The template holds both builds (api_only and provisioned); one
-            // validate checks both.
-            let vars = TemplateVars { communicator: "ssh".to_string(), ..TemplateVars::for_build(build, &stamp) };
+        .map_with(sh.clone(), |sh, (vars, which)| {
+            let build_name = &vars.build_name;
             let var_file = vars.write(&dir)?;
-            let output = cmd!(sh, "packer validate -machine-readable -var-file={var_file} {template}")
+            let output = cmd!(sh, "packer validate -machine-readable {which} -var-file={var_file} {template}")
                 .quiet()
                 .ignore_status()
                 .output()
@@ -287,7 +286,7 @@ fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec
                 .map(|(line, message)| Problem {
                     path: template_name.clone(),
                     line,
-                    message: format!("{message} (build {})", build.name),
+                    message: format!("{message} (build {build_name})"),
                 })
                 .collect();
             if problems.is_empty() {
@@ -295,8 +294,7 @@ fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec
                     path: template_name.clone(),
                     line: 1,
                     message: format!(
-                        "packer validate failed for build {}: {}",
-                        build.name,
+                        "packer validate failed for build {build_name}: {}",
                         String::from_utf8_lossy(&output.stderr).trim()
                     ),
                 });
@@ -312,6 +310,29 @@ fn validate_templates(sh: &Shell, builds: &[crate::matrix::Build]) -> Result<Vec
     problems.sort();
     problems.dedup_by(|a, b| a.line == b.line && strip_build(&a.message) == strip_build(&b.message));
     Ok(problems)
+}
+
+/// Each AMI build's variables, validated with both amazon-ebs builds
+/// (api_only and provisioned); and each container build's, validated with
+/// the docker build alone.
+fn validate_jobs(builds: &[crate::matrix::Build], stamp: &RunStamp) -> Vec<(TemplateVars, &'static str)> {
+    let amis = builds.iter().map(|build| {
+        let vars = TemplateVars { communicator: "ssh".to_string(), ..TemplateVars::for_build(build, stamp) };
+        (vars, "-except=docker.container")
+    });
+    let containers = crate::matrix::container_builds(builds).into_iter().map(|container| {
+        let mut vars = TemplateVars::for_build(&container.cell, stamp);
+        vars.build_name = container.name.clone();
+        vars.platform = "docker".to_string();
+        vars.communicator = "docker".to_string();
+        // What the family starts from for real use; the sandbox's import otherwise.
+        vars.docker_image =
+            container.cell.os.docker_image.clone().unwrap_or_else(|| "spark-packer-local/debian".into());
+        vars.docker_repository = container.repository("registry.invalid/spark-packer");
+        vars.docker_tag = container.tag("validate");
+        (vars, "-only=docker.container")
+    });
+    amis.chain(containers).collect()
 }
 
 fn strip_build(message: &str) -> &str {

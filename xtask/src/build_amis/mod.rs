@@ -4,10 +4,11 @@
 //! (Packer and recording) and `report`; where the builds run is `site`.
 
 mod base;
+mod containers;
 mod inputs;
 mod plan;
 mod report;
-mod run;
+pub(crate) mod run;
 mod survey;
 
 use std::{
@@ -165,10 +166,42 @@ pub struct Args {
 
     #[command(flatten)]
     pub publish: publishing::BuildArgs,
+
+    /// ami: EC2 images (the default). docker: container images from the same
+    /// template and provisioners, one per image, OS family and architecture
+    /// (no virtualization types or regions), pushed to a registry and recorded
+    /// by digest in images-list/. Try `--local --platform docker`: the
+    /// sandbox runs its own dockerd and registry on loopback.
+    #[arg(long, value_enum, default_value_t = Platform::Ami)]
+    pub platform: Platform,
+
+    /// --platform docker: push under HOST/NAMESPACE, e.g. ghcr.io/acme/spark-packer
+    /// (after `docker login ghcr.io`), as <NAMESPACE>/<image>:<run-id>-<os>-<arch>.
+    /// --local pushes to the sandbox's own registry instead.
+    #[arg(long, value_name = "HOST/NAMESPACE")]
+    pub registry: Option<String>,
+
+    /// --platform docker: the images-list tree to update. Default: the
+    /// checked-in images-list/; target/local/images-list with --local.
+    #[arg(long, value_name = "DIR")]
+    pub images_list: Option<PathBuf>,
+}
+
+/// What the builds make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Platform {
+    /// EC2 AMIs, recorded in ami-list/.
+    #[default]
+    Ami,
+    /// Container images, pushed to a registry and recorded in images-list/.
+    Docker,
 }
 
 pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let matrix = checks::load_matrix(&args.matrix.clone().unwrap_or_else(project::matrix_file))?;
+    if args.platform == Platform::Docker {
+        return containers::main(sh, args, &matrix);
+    }
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;

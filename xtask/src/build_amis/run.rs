@@ -405,18 +405,7 @@ fn packer_build(
     let amis: BTreeMap<String, String> =
         packer::artifacts(&packer_run.output).into_iter().map(|a| (a.region, a.ami_id)).collect();
     if !packer_run.success {
-        let errors = packer::errors(&packer_run.output);
-        let packer_message = errors
-            .first()
-            .cloned()
-            .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
-            .unwrap_or_else(|| "packer build failed without a message".to_string());
-        // A provisioner's own ERROR line says what went wrong; Packer only
-        // says that the script exited non-zero.
-        let message = match provisioner_says(&packer_run.output, "ERROR").last() {
-            Some(error) => format!("{error} (packer: {packer_message})"),
-            None => packer_message,
-        };
+        let message = failure_message(&packer_run);
         let transient = packer::is_transient(&message, &packer_run.output);
         return Err(Failure { message, amis, transient });
     }
@@ -432,6 +421,21 @@ fn packer_build(
         reach.keep_disk_as(dest.clone());
     }
     Ok(amis)
+}
+
+/// Why a failed Packer run failed: the provisioner's own ERROR line when
+/// there is one (Packer only says that the script exited non-zero), with
+/// Packer's first error.
+pub(super) fn failure_message(packer_run: &packer::Run) -> String {
+    let packer_message = packer::errors(&packer_run.output)
+        .first()
+        .cloned()
+        .or_else(|| packer_run.stderr.lines().find(|l| !l.trim().is_empty()).map(str::to_string))
+        .unwrap_or_else(|| "packer build failed without a message".to_string());
+    match provisioner_says(&packer_run.output, "ERROR").last() {
+        Some(error) => format!("{error} (packer: {packer_message})"),
+        None => packer_message,
+    }
 }
 
 /// What the provisioners said with `spark-packer: <LEVEL>: ...`, in order.

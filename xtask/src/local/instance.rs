@@ -55,8 +55,13 @@ impl RootfsKind {
 
     /// Whether it runs natively here, or under emulation.
     pub fn is_native(&self) -> bool {
-        self.arch == std::env::consts::ARCH || (self.arch == "arm64" && std::env::consts::ARCH == "aarch64")
+        is_native_arch(&self.arch)
     }
+}
+
+/// Whether this host runs `arch` (EC2's name) without emulation.
+pub fn is_native_arch(arch: &str) -> bool {
+    arch == std::env::consts::ARCH || (arch == "arm64" && std::env::consts::ARCH == "aarch64")
 }
 
 /// The name the sandbox key is imported under in the emulator.
@@ -89,7 +94,7 @@ pub fn package_cache_dir(kind: &RootfsKind) -> PathBuf {
 const APT_ARCHIVES: &str = "var/cache/apt/archives";
 
 /// Hard-links every .deb of `from` that `to` lacks into `to`.
-fn link_debs(from: &Path, to: &Path) -> Result<()> {
+pub fn link_debs(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
     let Ok(entries) = fs::read_dir(from) else { return Ok(()) };
     for entry in entries.flatten() {

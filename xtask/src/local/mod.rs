@@ -1,9 +1,11 @@
 //! The local sandbox: a real EC2 API emulator (moto server) from a pinned venv
 //! the project creates itself, on a free loopback port; local instances for
-//! Packer to provision over SSH (`instance`); and a Spark mirror (`mirror`).
+//! Packer to provision over SSH (`instance`); a Spark mirror (`mirror`); and
+//! for the docker platform a dockerd and a registry of its own (`docker`).
 //! It only provides endpoints and instances; the commands never ask whether
 //! they run locally.
 
+pub mod docker;
 pub mod emulation;
 pub mod instance;
 pub mod mirror;

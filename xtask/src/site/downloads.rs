@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     local,
-    matrix::{Build, Hadoop, Spark},
+    matrix::{Hadoop, Image, Spark},
 };
 
 pub(crate) const APACHE_SPARK: &str = "https://archive.apache.org/dist/spark";
@@ -155,18 +155,18 @@ impl Mirror {
     }
 }
 
-/// Image -> its downloads, for every image of `builds` with Spark.
-pub(crate) fn for_builds(
-    builds: &[Build],
+/// Image -> its downloads, for every one of the builds' `images` with Spark.
+pub(crate) fn for_builds<'a>(
+    images: impl IntoIterator<Item = &'a Image>,
     spark: &Mirror,
     hadoop: &Mirror,
 ) -> Result<BTreeMap<String, ImageDownloads>> {
     let mut downloads = BTreeMap::new();
-    for build in builds {
-        let Some(image) = &build.image.spark else { continue };
-        let hadoop = image.install_hadoop.as_ref().map(|h| hadoop.download(&Tarball::hadoop(h))).transpose()?;
-        let wanted = ImageDownloads { spark: spark.download(&Tarball::spark(image))?, hadoop };
-        downloads.insert(build.image.name.clone(), wanted);
+    for image in images {
+        let Some(pin) = &image.spark else { continue };
+        let hadoop = pin.install_hadoop.as_ref().map(|h| hadoop.download(&Tarball::hadoop(h))).transpose()?;
+        let wanted = ImageDownloads { spark: spark.download(&Tarball::spark(pin))?, hadoop };
+        downloads.insert(image.name.clone(), wanted);
     }
     Ok(downloads)
 }
@@ -229,7 +229,7 @@ mod tests {
         let builds = matrix.expand("seed-2014", &Default::default(), crate::matrix::Strategy::Copy, false).unwrap();
         let mirror = Mirror::pinned(&Some("http://mirror.example/spark/".to_string()), APACHE_SPARK);
         let hadoop = Mirror::pinned(&None, APACHE_HADOOP);
-        let downloads = for_builds(&builds, &mirror, &hadoop).unwrap();
+        let downloads = for_builds(builds.iter().map(|b| &b.image), &mirror, &hadoop).unwrap();
         let spark = &downloads["spark-3.5.3"].spark;
         assert_eq!(spark.url, "http://mirror.example/spark/spark-3.5.3/spark-3.5.3-bin-hadoop3.tgz");
         assert_eq!(spark.sha512, matrix.image("spark-3.5.3").unwrap().spark.as_ref().unwrap().sha512);

@@ -3,6 +3,7 @@
 //! Real AWS and the local sandbox come through the same `Site`, so the
 //! commands never ask which one they have.
 
+pub mod containers;
 pub mod downloads;
 
 use std::{
@@ -18,7 +19,7 @@ use crate::{
     endpoint::{Connection, EndpointArgs},
     interrupt, local,
     local::{instance, mirror::MirrorServer},
-    matrix::Build,
+    matrix::{Build, Image},
     template::TemplateVars,
 };
 use downloads::{ImageDownloads, Mirror, SourceArgs, APACHE_HADOOP, APACHE_SPARK};
@@ -97,7 +98,7 @@ impl Site {
         } else {
             (Mirror::pinned(&sources.spark_mirror, APACHE_SPARK), Mirror::pinned(&sources.hadoop_mirror, APACHE_HADOOP))
         };
-        site.downloads = downloads::for_builds(request.builds, &spark, &hadoop)?;
+        site.downloads = downloads::for_builds(request.builds.iter().map(|b| &b.image), &spark, &hadoop)?;
         Ok(site)
     }
 
@@ -155,17 +156,7 @@ impl Site {
         }
         vars.communicator = "ssh".to_string();
         vars.smoke_test = self.smoke_test;
-        if let Some(downloads) = self.downloads.get(&build.image.name) {
-            vars.spark_url = downloads.spark.url.clone();
-            vars.spark_sha512 = downloads.spark.sha512.clone();
-            vars.spark_sha512_source = downloads.spark.sha512_source.clone();
-            if let (Some(hadoop), Some(spark)) = (&downloads.hadoop, &build.image.spark) {
-                vars.hadoop_version = spark.install_hadoop.as_ref().map_or("none".into(), |h| h.version.clone());
-                vars.hadoop_url = hadoop.url.clone();
-                vars.hadoop_sha512 = hadoop.sha512.clone();
-                vars.hadoop_sha512_source = hadoop.sha512_source.clone();
-            }
-        }
+        fill_downloads(&self.downloads, &build.image, vars);
         let Some(sandbox) = &self.sandbox else {
             return Ok(Reach { instance: None });
         };
@@ -205,38 +196,57 @@ impl Sandbox {
             instance::import_key_pair(sh, aws, region, &key)?;
         }
 
-        let venv = local::ensure_venv(sh)?;
-        let (dir, label) = match &sources.local_mirror {
-            Some(dir) => (dir.clone(), format!("the .sha512 files of {} (not Apache's)", dir.display())),
-            None => {
-                if sources.spark_mirror.is_none() {
-                    let sparks: BTreeSet<_> = request
-                        .builds
-                        .iter()
-                        .filter_map(|b| b.image.spark.as_ref())
-                        .map(|s| (&s.version, &s.hadoop_build))
-                        .collect();
-                    for (version, hadoop_build) in sparks {
-                        eprintln!(
-                            "local mirror: spark-{version}-bin-{hadoop_build} (built from the pyspark sdist, once)"
-                        );
-                        local::mirror::ensure_spark(sh, &venv, version, hadoop_build)?;
-                    }
-                }
-                let label = "the local mirror's .sha512 (repackaged from the pyspark sdist; not Apache's)";
-                (local::mirror::mirror_dir(), label.to_string())
-            }
-        };
-        let server = MirrorServer::start(&venv, &dir)?;
-        let served = |explicit: &Option<String>, apache| match explicit {
-            Some(url) => Mirror::Pinned { url: url.clone(), apache },
-            None => Mirror::Local { url: server.url.clone(), dir: dir.clone(), label: label.clone() },
-        };
-        let (spark, hadoop) =
-            (served(&sources.spark_mirror, APACHE_SPARK), served(&sources.hadoop_mirror, APACHE_HADOOP));
+        let images: Vec<&Image> = request.builds.iter().map(|b| &b.image).collect();
+        let (server, spark, hadoop) = serve_local_mirror(sh, sources, &images)?;
         let base_disks = if request.spark_on_base { Some(instance::BaseDisks::create()?) } else { None };
         Ok((Sandbox { rootfs, key, _mirror: server, base_disks }, spark, hadoop))
     }
+}
+
+/// Fills a build's download variables (Spark, Hadoop) from `downloads`.
+fn fill_downloads(downloads: &BTreeMap<String, ImageDownloads>, image: &Image, vars: &mut TemplateVars) {
+    let Some(wanted) = downloads.get(&image.name) else { return };
+    vars.spark_url = wanted.spark.url.clone();
+    vars.spark_sha512 = wanted.spark.sha512.clone();
+    vars.spark_sha512_source = wanted.spark.sha512_source.clone();
+    if let (Some(hadoop), Some(spark)) = (&wanted.hadoop, &image.spark) {
+        vars.hadoop_version = spark.install_hadoop.as_ref().map_or("none".into(), |h| h.version.clone());
+        vars.hadoop_url = hadoop.url.clone();
+        vars.hadoop_sha512 = hadoop.sha512.clone();
+        vars.hadoop_sha512_source = hadoop.sha512_source.clone();
+    }
+}
+
+/// The sandbox's Spark mirror on loopback: the --local-mirror directory, or
+/// tarballs built once from the pyspark sdist for `images`' Spark. Explicit
+/// --spark-mirror and --hadoop-mirror URLs win over it.
+fn serve_local_mirror(sh: &Shell, sources: &SourceArgs, images: &[&Image]) -> Result<(MirrorServer, Mirror, Mirror)> {
+    let venv = local::ensure_venv(sh)?;
+    let (dir, label) = match &sources.local_mirror {
+        Some(dir) => (dir.clone(), format!("the .sha512 files of {} (not Apache's)", dir.display())),
+        None => {
+            if sources.spark_mirror.is_none() {
+                let sparks: BTreeSet<_> = images
+                    .iter()
+                    .filter_map(|image| image.spark.as_ref())
+                    .map(|s| (&s.version, &s.hadoop_build))
+                    .collect();
+                for (version, hadoop_build) in sparks {
+                    eprintln!("local mirror: spark-{version}-bin-{hadoop_build} (built from the pyspark sdist, once)");
+                    local::mirror::ensure_spark(sh, &venv, version, hadoop_build)?;
+                }
+            }
+            let label = "the local mirror's .sha512 (repackaged from the pyspark sdist; not Apache's)";
+            (local::mirror::mirror_dir(), label.to_string())
+        }
+    };
+    let server = MirrorServer::start(&venv, &dir)?;
+    let served = |explicit: &Option<String>, apache| match explicit {
+        Some(url) => Mirror::Pinned { url: url.clone(), apache },
+        None => Mirror::Local { url: server.url.clone(), dir: dir.clone(), label: label.clone() },
+    };
+    let (spark, hadoop) = (served(&sources.spark_mirror, APACHE_SPARK), served(&sources.hadoop_mirror, APACHE_HADOOP));
+    Ok((server, spark, hadoop))
 }
 
 /// The Debian rootfs that stands for a build's OS family and architecture.
