@@ -168,15 +168,46 @@ impl Drop for Cluster<'_> {
 }
 
 /// `version X.Y.Z` from `spark-submit --version`'s banner, whose ASCII art
-/// ends with it (a later line names Scala's version).
+/// ends with it alone on its line (a later line names Scala's, and more).
 fn spark_version_in(banner: &str) -> Option<String> {
     banner.lines().find_map(|line| {
         let (_, version) = line.split_once("version ")?;
-        version.starts_with(|c: char| c.is_ascii_digit()).then(|| format!("version {}", version.trim()))
+        let version = version.trim();
+        let alone = version.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        (alone && version.starts_with(|c: char| c.is_ascii_digit())).then(|| format!("version {version}"))
     })
 }
 
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded: `docker run IMAGE spark-submit --version` on this factory's
+    /// Spark 3.5.3 container image (Debian 12, Java 17).
+    const BANNER: &str = r#"Welcome to
+      ____              __
+     / __/__  ___ _____/ /__
+    _\ \/ _ \/ _ `/ __/  '_/
+   /___/ .__/\_,_/_/ /_/\_\   version 3.5.3
+      /_/
+                        
+Using Scala version 2.12.18, OpenJDK 64-Bit Server VM, 17.0.21.1
+Branch HEAD
+Compiled by user haejoon.lee on 2024-09-09T05:20:05Z
+Revision 32232e9ed33bb16b93ad58cfde8b82e0f07c0970
+Url https://github.com/apache/spark
+Type --help for more information.
+"#;
+
+    #[test]
+    fn the_spark_version_is_read_from_the_banner_not_scalas() {
+        assert_eq!(spark_version_in(BANNER).as_deref(), Some("version 3.5.3"));
+        assert_eq!(spark_version_in("Using Scala version 2.12.18, OpenJDK 64-Bit Server VM"), None);
+        assert_eq!(spark_version_in("Error: JAVA_HOME is not set"), None);
+    }
 }
