@@ -29,7 +29,8 @@ use crate::{
 /// Check templates, provisioners, matrix and ami-list; --online checks EC2 too
 ///
 /// Offline (the default, a few seconds, no AWS calls):
-///   - `packer validate` of packer/spark-ami.pkr.hcl for every build of the preset
+///   - `packer validate` of packer/spark-ami.pkr.hcl for every build of the
+///     preset, AMI and container (--platform docker) alike
 ///   - shellcheck on every provisioner in scripts/
 ///   - packer/matrix.json against its rules (regions, checksums, PV is x86_64 only, ...)
 ///   - the ami-list tree: <image>/<region>/<virt> files, each one AMI ID and a
@@ -132,6 +133,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     );
     report.problems.extend(templates?);
     report.checked.insert("packer builds", builds.len());
+    report.checked.insert("container builds", crate::matrix::container_builds(&builds).len());
     report.problems.extend(shell?);
     report.checked.insert("provisioners", scripts.len());
     check_platforms(sh, args, matrix.as_ref(), &builds, &matrix_file, &mut report)?;
@@ -561,6 +563,20 @@ mod tests {
     use super::*;
 
     const VALIDATE_ERRORS: &str = include_str!("../tests/fixtures/packer-1.6.6-validate-errors.txt");
+
+    #[test]
+    fn the_docker_build_is_validated_once_per_container_with_its_source_image() {
+        let matrix = crate::matrix::Matrix::parse(include_str!("../../packer/matrix.json")).unwrap();
+        let builds = matrix.expand("default", &Default::default(), crate::matrix::Strategy::Copy, false).unwrap();
+        let stamp = RunStamp { run_id: "r".into(), git_commit: "g".into(), created_at: "c".into() };
+        let jobs = validate_jobs(&builds, &stamp);
+        let docker: Vec<&TemplateVars> =
+            jobs.iter().filter(|(_, which)| *which == "-only=docker.container").map(|(v, _)| v).collect();
+        assert_eq!(jobs.len() - docker.len(), builds.len(), "each AMI build once, without the docker build");
+        assert_eq!(docker.len(), 4, "base and Spark on Debian 13, x86_64 and arm64");
+        assert!(docker.iter().all(|v| v.platform == "docker" && v.docker_image == "debian:trixie"));
+        assert!(docker.iter().all(|v| v.docker_repository.starts_with("registry.invalid/spark-packer/")));
+    }
 
     #[test]
     fn reads_packer_validate_errors_with_their_lines() {
