@@ -2,12 +2,14 @@
 //! The spine is `matrix -> packer -> ami_list`; `aws` and `local` are edges.
 
 pub mod add_spark;
+pub(crate) mod age;
 pub mod ami_list;
 pub mod aws;
 pub mod bench;
 pub mod build_amis;
 pub(crate) mod checks;
 pub mod clean_old_amis;
+pub mod clean_old_images;
 pub mod docker;
 pub(crate) mod endpoint;
 pub mod factory;
@@ -24,6 +26,7 @@ pub(crate) mod progress;
 pub mod project;
 pub mod publish;
 pub mod publishing;
+pub(crate) mod registry;
 pub(crate) mod run_report;
 pub(crate) mod site;
 pub(crate) mod stale;

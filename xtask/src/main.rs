@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{add_spark, bench, build_amis, clean_old_amis, project, publish, validate};
+use xtask::{add_spark, bench, build_amis, clean_old_amis, clean_old_images, project, publish, validate};
 
 /// spark-packer: build, check and tidy EC2 AMIs for Spark clusters.
 ///
@@ -31,6 +31,7 @@ enum Command {
     BuildAmis(build_amis::Args),
     Validate(validate::Args),
     CleanOldAmis(clean_old_amis::Args),
+    CleanOldImages(clean_old_images::Args),
     Bench(bench::Args),
     Publish(publish::Args),
     AddSpark(add_spark::Args),
@@ -62,6 +63,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::BuildAmis(args) => build_amis::main(&sh, &args),
         Command::Validate(args) => validate::main(&sh, &args),
         Command::CleanOldAmis(args) => clean_old_amis::main(&sh, &args),
+        Command::CleanOldImages(args) => clean_old_images::main(&sh, &args),
         Command::Bench(args) => bench::main(&sh, &args),
         Command::Publish(args) => publish::main(&sh, &args),
         Command::AddSpark(args) => add_spark::main(&sh, &args),

@@ -11,6 +11,7 @@
 
 use std::{
     fs,
+    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Output, Stdio},
     sync::Mutex,
@@ -114,6 +115,28 @@ fn images_are_pushed_pinned_by_digest_and_run_spark_across_two_containers() {
     assert!(pi.contains("two containers: Pi is roughly 3.1"), "{pi}");
     // No multi-architecture list from one architecture.
     assert_eq!(report["manifest_lists"], serde_json::json!([]));
+
+    // clean-old-images never picks what images-list records, however strict.
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cleaner = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["clean-old-images", "--local", "--keep", "1", "--min-age", "0s", "--json", "--images-list"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(cleaner.status.success(), "{}", String::from_utf8_lossy(&cleaner.stderr));
+    let decisions: Vec<serde_json::Value> = serde_json::from_slice(&cleaner.stdout).unwrap();
+    for result in report["builds"].as_array().unwrap() {
+        let tag = result["tag"].as_str().unwrap();
+        let mine = decisions
+            .iter()
+            .find(|d| tag.ends_with(&format!("{}:{}", d["repository"].as_str().unwrap(), d["tag"].as_str().unwrap())));
+        let mine = mine.unwrap_or_else(|| panic!("{tag} not listed: {decisions:#?}"));
+        assert_eq!(
+            (&mine["delete"], &mine["why"]),
+            (&false.into(), &"keep: recorded in images-list".into()),
+            "{mine:#}"
+        );
+    }
 }
 
 #[test]
@@ -146,4 +169,42 @@ fn a_corrupted_spark_tarball_fails_the_container_build_and_records_nothing() {
     assert!(error.contains("checksum mismatch for spark-3.5.3-bin-hadoop3.tgz"), "{error}");
     assert_eq!(spark["reference"], serde_json::Value::Null, "a failed build was pushed: {spark:#}");
     assert!(!list.exists(), "a failed build recorded a digest");
+}
+
+#[test]
+fn an_interrupted_run_stops_its_engine_and_registry_and_records_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let before = host_network();
+    let dir = common::scratch("containers-interrupted");
+    let list = dir.join("images-list");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build-amis", "--local", "--platform", "docker", "--preset", "spark-3.5", "--arch", "x86_64"])
+        .args(["--image", "base", "--images-list"])
+        .arg(&list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the xtask binary");
+    let pid = child.id();
+    // Ctrl-C once the build runs in its container; read on to the end, so
+    // the run never writes to a closed pipe.
+    let mut said = String::new();
+    let mut interrupted = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if !interrupted && line.contains("start  base-debian-12-x86_64") {
+            std::thread::sleep(std::time::Duration::from_secs(15));
+            Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+            interrupted = true;
+        }
+    }
+    assert!(interrupted, "the build never started:\n{said}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130:\n{said}");
+    let left = docker::leftovers_of(pid);
+    assert!(left.is_empty(), "the sandbox's engine left: {left:#?}\n{said}");
+    assert_eq!(host_network(), before, "the host's links or iptables changed");
+    assert!(!list.exists(), "an interrupted build recorded a digest");
 }

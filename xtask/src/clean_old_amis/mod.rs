@@ -7,7 +7,6 @@
 //! or delete with a reason for every image. Only with `--yes` does anything
 //! change, and a region whose listing failed changes nothing.
 
-mod age;
 mod listed;
 mod region;
 mod report;
@@ -26,13 +25,13 @@ use rayon::prelude::*;
 use xshell::Shell;
 
 use self::{
-    age::{format_duration, parse_duration},
     listed::read_ami_list,
     region::clean_region,
     report::{render, summarize, RegionReport, Report},
     select::{Policy, UsedBy},
 };
 use crate::{
+    age::{format_duration, parse_duration},
     aws::Aws,
     endpoint::EndpointArgs,
     interrupt, lock,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::age::format_duration;
+use crate::age::format_duration;
 use crate::{
     aws::{ImageWithSnapshots, InstanceImage, LaunchConfigurationImage, LaunchPermission, TemplateImage},
     factory::{self, Stamp},

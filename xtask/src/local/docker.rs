@@ -28,6 +28,9 @@ const LEAVE_THE_HOST_ALONE: [&str; 4] = ["--bridge=none", "--iptables=false", "-
 pub struct DockerSandbox {
     /// Taken by Drop, which stops it.
     dockerd: Option<Child>,
+    /// Held shared while this engine may push: clean-old-images collects the
+    /// storage's garbage only when no run holds it.
+    _storage_in_use: File,
     registry: Listening,
     dir: PathBuf,
     pub engine: Engine,
@@ -88,7 +91,16 @@ impl DockerSandbox {
         };
         let registry_address = format!("127.0.0.1:{}", registry.port);
         interrupt::kill_on_exit(dockerd.id());
-        let mut sandbox = DockerSandbox { dockerd: Some(dockerd), registry, dir, engine, registry_address };
+        let storage_in_use = storage_lock()?;
+        storage_in_use.lock_shared().context("lock the registry storage (shared)")?;
+        let mut sandbox = DockerSandbox {
+            dockerd: Some(dockerd),
+            _storage_in_use: storage_in_use,
+            registry,
+            dir,
+            engine,
+            registry_address,
+        };
         sandbox.wait_until_ready(sh, &log)?;
         Ok(sandbox)
     }
@@ -200,6 +212,57 @@ fn start_registry(dir: &Path) -> Result<Listening> {
             command
         },
     )
+}
+
+/// A lock on the registry storage: shared while a run may push to it,
+/// exclusive while its garbage is collected (which would delete the blobs of
+/// a push under way).
+fn storage_lock() -> Result<File> {
+    let path = sandbox_dir().join("registry.lock");
+    File::create(&path).with_context(|| format!("create {}", path.display()))
+}
+
+/// The sandbox's registry alone, on its kept storage (clean-old-images).
+/// On drop it stops, collects its garbage (the layers no manifest names
+/// any more), and its directory goes.
+pub struct SandboxRegistry {
+    server: Listening,
+    dir: PathBuf,
+    /// `127.0.0.1:<port>`
+    pub address: String,
+    /// Set after deletions: on drop, free the layers no manifest names any more.
+    pub collect_garbage: bool,
+}
+
+impl SandboxRegistry {
+    pub fn start(sh: &Shell) -> Result<SandboxRegistry> {
+        instance::require_root(sh)?;
+        let dir = sandbox_dir().join(format!("registry-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let server = start_registry(&dir)?;
+        let address = format!("127.0.0.1:{}", server.port);
+        Ok(SandboxRegistry { server, dir, address, collect_garbage: false })
+    }
+}
+
+impl Drop for SandboxRegistry {
+    fn drop(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+        let config = self.dir.join(format!("registry-{}.yml", self.server.port));
+        // Only while no build may be pushing: else the next clean does it.
+        let idle = storage_lock().ok().filter(|lock| lock.try_lock().is_ok());
+        if self.collect_garbage && idle.is_some() {
+            let _ = Command::new("docker-registry")
+                .arg("garbage-collect")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        drop(idle);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// SIGTERM (dockerd stops its containers and containerd), SIGKILL after 30 s.

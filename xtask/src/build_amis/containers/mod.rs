@@ -164,7 +164,16 @@ fn finish(report: &ContainerReport, json: bool) -> Result<()> {
     } else {
         print!("{}", summary(report));
     }
-    let failed = report.builds.iter().filter(|b| b.status != ContainerStatus::Ok).count();
+    let count = |status| report.builds.iter().filter(|b| b.status == status).count();
+    let (failed, interrupted) = (count(ContainerStatus::Failed), count(ContainerStatus::Interrupted));
+    if interrupted > 0 {
+        bail!(
+            "interrupted: {interrupted} of {} container builds did not finish and recorded nothing; \
+             Packer removed their containers, and the finished ones are recorded in {}",
+            report.builds.len(),
+            report.images_list
+        );
+    }
     if failed > 0 {
         bail!(
             "{failed} of {} container builds failed; nothing of theirs was recorded in {}. See the logs named above",

@@ -39,7 +39,7 @@ pub(crate) fn format_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clean_old_amis::testing::DAY;
+    const DAY: u64 = 86_400;
 
     #[test]
     fn durations() {
