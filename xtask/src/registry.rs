@@ -33,10 +33,7 @@ pub enum Manifest {
 impl Registry {
     fn get(&self, sh: &Shell, path: &str) -> Result<Response> {
         let url = format!("{}{path}", self.base_url);
-        let said = cmd!(sh, "curl -sS -i -H {ACCEPT} {url}")
-            .quiet()
-            .read()
-            .with_context(|| format!("GET {url} (is the registry up? is curl installed?)"))?;
+        let said = curl(sh, &["-H", ACCEPT, &url]).with_context(|| format!("GET {url}"))?;
         let response = parse_response(&said).with_context(|| format!("GET {url}: not an HTTP response"))?;
         if response.status != 200 {
             bail!("GET {url}: HTTP {}: {}", response.status, response.body.trim());
@@ -89,13 +86,27 @@ impl Registry {
     /// Deletes the manifest `digest`, and so every tag on it.
     pub fn delete(&self, sh: &Shell, repository: &str, digest: &str) -> Result<()> {
         let url = format!("{}/v2/{repository}/manifests/{digest}", self.base_url);
-        let said = cmd!(sh, "curl -sS -i -X DELETE {url}").quiet().read().with_context(|| format!("DELETE {url}"))?;
+        let said = curl(sh, &["-X", "DELETE", &url]).with_context(|| format!("DELETE {url}"))?;
         let response = parse_response(&said).with_context(|| format!("DELETE {url}: not an HTTP response"))?;
         if response.status != 202 {
             bail!("DELETE {url}: HTTP {}: {}", response.status, response.body.trim());
         }
         Ok(())
     }
+}
+
+/// `curl -sS -i ARGS`: the whole response, status line to body, untrimmed
+/// (an empty body ends with the blank line after the headers).
+fn curl(sh: &Shell, args: &[&str]) -> Result<String> {
+    let output = cmd!(sh, "curl -sS -i {args...}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run curl: install it with `apt-get install curl` (or run dev/setup)")?;
+    if !output.status.success() {
+        bail!("curl: {} (is the registry up?)", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[derive(Debug)]
@@ -159,6 +170,9 @@ mod tests {
     /// holding this factory's base image of a --platform docker run.
     const MANIFEST: &str = include_str!("../tests/fixtures/registry-2.8-manifest.http");
     const CONFIG: &str = include_str!("../tests/fixtures/registry-2.8-config.json");
+    /// The same, for the manifest list of base on Debian 13 that a
+    /// default-preset run pushed (arm64 under emulation, and x86_64).
+    const LIST: &str = include_str!("../tests/fixtures/registry-2.8-manifest-list.http");
 
     #[test]
     fn a_tag_is_read_as_its_digest_and_config() {
@@ -178,6 +192,16 @@ mod tests {
         assert_eq!(labels["managed-by"], "spark-packer");
         assert_eq!(labels["spark-packer:created-at"], "2026-11-26T02:14:14Z");
         assert_eq!(labels["spark-packer:os"], "debian-12");
+        let list = parse_response(LIST).unwrap();
+        assert_eq!(
+            parse_manifest(&list.body).unwrap(),
+            Manifest::List {
+                manifests: vec![
+                    "sha256:6976b813052c4e659fb9588867ccad0b2b70f1f7c2908a21e5fa032239460b76".into(),
+                    "sha256:69ceda6c4dc83d80bbd1c039662f57f95a7b998ceb78b52e19699573f8af4eaa".into(),
+                ]
+            }
+        );
         assert!(parse_manifest("{}").is_err());
         assert!(parse_response("garbage").is_none());
     }

@@ -102,7 +102,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let decisions = select::select(&tags, &recorded, &policy);
     let deleted = if args.yes { delete(sh, &registry, &decisions) } else { Vec::new() };
     if let Some(sandbox) = sandbox.as_mut() {
-        sandbox.collect_garbage = deleted.iter().any(|(_, done)| done.is_ok());
+        // Also after a run that deleted nothing: an earlier one may have
+        // stopped before its collection.
+        sandbox.collect_garbage = args.yes;
     }
     drop(sandbox); // stops the registry, then collects its garbage
     report(&decisions, args, &deleted)

@@ -230,7 +230,7 @@ pub struct SandboxRegistry {
     dir: PathBuf,
     /// `127.0.0.1:<port>`
     pub address: String,
-    /// Set after deletions: on drop, free the layers no manifest names any more.
+    /// Set by --yes: on drop, free the layers no manifest names any more.
     pub collect_garbage: bool,
 }
 
