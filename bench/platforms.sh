@@ -2,7 +2,7 @@
 # Times the docker platform against the AMI platform for the same images,
 # side by side in one run: `build-amis --local` of the spark-3.5 preset's base
 # and Spark 3.5.3 for x86_64, provisioned and smoke-tested, caches hot. Runs
-# alternate (AMI, docker, AMI, ...) through farm-bench, which reports the
+# alternate (docker, AMI, docker, ...) through farm-bench, which reports the
 # docker/AMI ratio pair by pair; without farm-bench, bash's `time` per run.
 #
 # Usage: bench/platforms.sh [PAIRS]   (default 2; about 5 minutes a pair)
@@ -23,7 +23,7 @@ ami_run=("$xtask" "${common[@]}" --ami-list "$out/ami-list")
 "${docker_run[@]}" >/dev/null 2>&1
 
 if command -v farm-bench >/dev/null; then
-  farm-bench -n "$pairs" --warmup 0 --timeout 3600 -- "${docker_run[@]}" --vs "${ami_run[*]}"
+  farm-bench -n "$pairs" --warmup 0 --timeout 3600 --vs "${ami_run[*]}" -- "${docker_run[@]}"
 else
   for ((i = 1; i <= pairs; i++)); do
     echo "pair $i: AMI platform"
