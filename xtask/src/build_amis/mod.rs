@@ -202,6 +202,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     if args.platform == Platform::Docker {
         return containers::main(sh, args, &matrix);
     }
+    if args.registry.is_some() || args.images_list.is_some() {
+        anyhow::bail!("--registry and --images-list are for container images: add --platform docker, or drop them");
+    }
     let ami_list_root = args.endpoint.ami_list(args.ami_list.as_deref())?;
     ami_list::writable_ami_list(&ami_list_root)?;
     let builds = plan::builds(&matrix, args, &ami_list_root)?;
