@@ -53,6 +53,8 @@ impl DockerSandbox {
     pub fn start(sh: &Shell) -> Result<DockerSandbox> {
         instance::require_root(sh)?;
         sweep_stale_engines(sh);
+        let storage_in_use = storage_lock()?;
+        storage_in_use.lock_shared().context("lock the registry storage (shared)")?;
         let dir = engine_dir(std::process::id());
         for sub in ["data", "exec", "config"] {
             fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.join(sub).display()))?;
@@ -72,9 +74,9 @@ impl DockerSandbox {
             .arg(format!("unix://{}", socket.display()))
             // A terminal's Ctrl-C reaches us only; Drop stops it after Packer.
             .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).with_context(|| format!("create {}", log.display()))?)
-            .stderr(File::create(&log)?);
+            .stdin(Stdio::null());
+        let log_file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        command.stdout(log_file.try_clone()?).stderr(log_file);
         interrupt::die_with_parent(&mut command, Signal::SIGTERM);
         let dockerd = command.spawn().context("start `dockerd`: install it with `apt-get install docker.io`")?;
         let engine = Engine {
@@ -91,8 +93,6 @@ impl DockerSandbox {
         };
         let registry_address = format!("127.0.0.1:{}", registry.port);
         interrupt::kill_on_exit(dockerd.id());
-        let storage_in_use = storage_lock()?;
-        storage_in_use.lock_shared().context("lock the registry storage (shared)")?;
         let mut sandbox = DockerSandbox {
             dockerd: Some(dockerd),
             _storage_in_use: storage_in_use,
