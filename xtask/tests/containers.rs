@@ -98,6 +98,9 @@ fn images_are_pushed_pinned_by_digest_and_run_spark_across_two_containers() {
         assert!(reference.starts_with(&format!("{registry}/{image}@sha256:")), "{reference} not in {registry}");
         // Recorded only from the digest the registry gave, in its own file.
         assert_eq!(images_list::read(&list, image, "debian-12-x86_64").unwrap().as_deref(), Some(reference));
+        // Labelled with its input hash, as an AMI is tagged with it.
+        let inputs = result["inputs"].as_str().unwrap_or_default();
+        assert!(inputs.len() == 16 && inputs.bytes().all(|b| b.is_ascii_hexdigit()), "{result:#}");
         let log = build_log(result);
         // The same provisioners as the AMI, in a container, as root.
         assert!(log.contains("spark-packer: OS: debian 12"), "{log}");

@@ -132,9 +132,11 @@ pub(super) fn main(sh: &Shell, args: &Args, matrix: &Matrix) -> Result<()> {
     std::fs::create_dir_all(&log_dir)?;
     eprintln!("run {run_id}: {} container builds, {} at once; logs in {}", builds.len(), args.jobs, display(&log_dir));
     let clock = std::time::Instant::now();
+    let texts = super::run::InputTexts::read()?;
     let context = run::Context {
         stamp,
         site: &site,
+        texts: &texts,
         log_dir,
         images_list: images_list_root.clone(),
         jobs: args.jobs,

@@ -16,7 +16,10 @@ use xshell::Shell;
 
 use super::cluster;
 use crate::{
-    build_amis::run::{failure_message, provisioner_says},
+    build_amis::{
+        inputs::{Inputs, RunInputs},
+        run::{failure_message, provisioner_says, InputTexts},
+    },
     images_list, interrupt,
     matrix::ContainerBuild,
     packer,
@@ -30,6 +33,8 @@ use crate::{
 pub(in crate::build_amis) struct Context<'a> {
     pub stamp: RunStamp,
     pub site: &'a ContainerSite,
+    /// The template and scripts, for the images' input hashes.
+    pub texts: &'a InputTexts,
     pub log_dir: PathBuf,
     pub images_list: PathBuf,
     pub jobs: u16,
@@ -58,6 +63,9 @@ pub(in crate::build_amis) struct ContainerResult {
     pub reference: Option<String>,
     /// The images-list file written, once recorded.
     pub recorded: Option<String>,
+    /// The hash of its inputs (template, scripts, cell, source image), as
+    /// the AMIs carry it; labelled `spark-packer:inputs`.
+    pub inputs: Option<String>,
     /// What the two-container Spark cluster printed (Spark images).
     pub cluster_check: Option<String>,
     pub seconds: f64,
@@ -104,6 +112,7 @@ fn run_one(sh: &Shell, run: &Context, build: &ContainerBuild, events: &Sender<Ev
         tag: format!("{repository}:{tag}"),
         reference: None,
         recorded: None,
+        inputs: None,
         cluster_check: None,
         seconds: 0.0,
         log: display(&log),
@@ -155,6 +164,15 @@ fn build_push_and_prove(
     vars.source_url = source_url(sh);
     // Held until Packer is done: the build's own package cache.
     let cache = run.site.reach(build, &mut vars)?;
+    let known = RunInputs {
+        template: &run.texts.template,
+        scripts: &run.texts.scripts,
+        provision: true,
+        smoke_test: run.site.smoke_test,
+    };
+    let inputs = Inputs::of(&build.cell, &known, &vars.docker_image, None);
+    (vars.input_hash, vars.input_digests) = (inputs.hash(), inputs.digests());
+    result.inputs = Some(vars.input_hash.clone());
     let var_file = vars.write(&run.log_dir)?;
     let packer_run = packer::build(sh, &template::template_file(), &var_file, Some("docker.container"), log, |line| {
         if let Some(s) = packer::step(line) {
