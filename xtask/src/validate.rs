@@ -20,6 +20,7 @@ use crate::{
     checks::{self, Entry, ExpectedCells, Problem, Recorded},
     endpoint::EndpointArgs,
     factory::{self, IMAGE_TAG, MANAGED_BY},
+    images_list,
     matrix::{Build, Filters, Matrix, Strategy},
     packer,
     project::{self, display},
@@ -35,6 +36,8 @@ use crate::{
 ///   - packer/matrix.json against its rules (regions, checksums, PV is x86_64 only, ...)
 ///   - the ami-list tree: <image>/<region>/<virt> files, each one AMI ID and a
 ///     newline, no strays, no ID twice; cells not built yet are listed
+///   - the images-list tree (--platform docker): <image>/<os>[-<arch>] files,
+///     each one REPOSITORY@sha256:… and a newline
 ///
 /// --online also asks EC2 (through the aws CLI, one call per region, in
 /// parallel) whether each recorded AMI exists there, is available, has the
@@ -143,6 +146,10 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         None => Vec::new(),
     };
     report.checked.insert("ami-list files", recorded.len());
+    let images_list_root = if args.endpoint.local { images_list::local() } else { images_list::checked_in() };
+    let (images_read, images_problems) = images_list::check_tree(&images_list_root)?;
+    report.problems.extend(images_problems.into_iter().map(|(path, message)| Problem { path, line: 1, message }));
+    report.checked.insert("images-list files", images_read);
 
     if args.online {
         let connection = args.endpoint.connect(sh)?;
