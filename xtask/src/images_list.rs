@@ -57,36 +57,46 @@ pub fn read(root: &Path, image: &str, slot: &str) -> Result<Option<String>> {
     }
 }
 
-/// Every file of the tree at `root` checked: `<image>/<slot>`, a regular
-/// file holding one pinned reference. Returns how many were read and one
-/// `(path, message)` per problem; a missing tree is an empty one.
-pub fn check_tree(root: &Path) -> Result<(usize, Vec<(String, String)>)> {
-    let mut problems = Vec::new();
-    let mut files = 0;
-    let Ok(images) = fs::read_dir(root) else { return Ok((0, problems)) };
+/// The tree at `root`, every file checked: `<image>/<slot>`, a regular
+/// file holding one pinned reference. A missing tree is an empty one.
+#[derive(Debug, Default)]
+pub struct TreeCheck {
+    /// How many files were read, good or bad.
+    pub files: usize,
+    /// The references of the good ones.
+    pub references: Vec<String>,
+    /// `(path, message)` per bad file or stray.
+    pub problems: Vec<(String, String)>,
+}
+
+pub fn check_tree(root: &Path) -> Result<TreeCheck> {
+    let mut tree = TreeCheck::default();
+    let Ok(images) = fs::read_dir(root) else { return Ok(tree) };
     for image in images {
         let image = image?;
         let shown = image.path().display().to_string();
         if !image.file_type()?.is_dir() {
-            problems.push((shown, "a stray file: images-list holds <image>/<os>[-<arch>] files only".to_string()));
+            tree.problems.push((shown, "a stray file: images-list holds <image>/<os>[-<arch>] files only".to_string()));
             continue;
         }
         for slot in fs::read_dir(image.path())? {
             let slot = slot?;
             let shown = slot.path().display().to_string();
             if !slot.file_type()?.is_file() {
-                problems.push((shown, "not a regular file".to_string()));
+                tree.problems.push((shown, "not a regular file".to_string()));
                 continue;
             }
             let (image_name, slot_name) =
                 (image.file_name().to_string_lossy().into_owned(), slot.file_name().to_string_lossy().into_owned());
-            files += 1;
-            if let Err(e) = read(root, &image_name, &slot_name) {
-                problems.push((shown, format!("{e:#}")));
+            tree.files += 1;
+            match read(root, &image_name, &slot_name) {
+                Ok(Some(reference)) => tree.references.push(reference),
+                Ok(None) => tree.problems.push((shown, "vanished while read".to_string())),
+                Err(e) => tree.problems.push((shown, format!("{e:#}"))),
             }
         }
     }
-    Ok((files, problems))
+    Ok(tree)
 }
 
 #[cfg(test)]
@@ -121,13 +131,15 @@ mod tests {
     fn a_tree_check_names_each_bad_file() {
         let root = project::target_dir().join(format!("test-images-list-check-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        assert_eq!(check_tree(&root).unwrap().0, 0, "a missing tree is empty");
+        assert_eq!(check_tree(&root).unwrap().files, 0, "a missing tree is empty");
         write(&root, "base", "debian-13-x86_64", PINNED).unwrap();
         fs::write(path(&root, "base", "debian-13-arm64"), "127.0.0.1:5055/spark-packer/base:latest\n").unwrap();
         fs::write(root.join("stray"), "").unwrap();
-        let (read, mut problems) = check_tree(&root).unwrap();
+        let tree = check_tree(&root).unwrap();
+        let mut problems = tree.problems;
         problems.sort();
-        assert_eq!(read, 2);
+        assert_eq!(tree.files, 2);
+        assert_eq!(tree.references, [PINNED]);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].0.ends_with("base/debian-13-arm64") && problems[0].1.contains("fix or delete it"));
         assert!(problems[1].0.ends_with("stray") && problems[1].1.contains("a stray file"));

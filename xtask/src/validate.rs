@@ -147,9 +147,9 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     };
     report.checked.insert("ami-list files", recorded.len());
     let images_list_root = if args.endpoint.local { images_list::local() } else { images_list::checked_in() };
-    let (images_read, images_problems) = images_list::check_tree(&images_list_root)?;
-    report.problems.extend(images_problems.into_iter().map(|(path, message)| Problem { path, line: 1, message }));
-    report.checked.insert("images-list files", images_read);
+    let images = images_list::check_tree(&images_list_root)?;
+    report.problems.extend(images.problems.into_iter().map(|(path, message)| Problem { path, line: 1, message }));
+    report.checked.insert("images-list files", images.files);
 
     if args.online {
         let connection = args.endpoint.connect(sh)?;

@@ -20,19 +20,23 @@ use crate::{
 /// The preset's builds after --image/--virt/--arch/--region, and after
 /// --resume keeps only what that run did not finish.
 pub(super) fn builds(matrix: &Matrix, args: &Args, ami_list_root: &Path) -> Result<Vec<Build>> {
-    let filters = Filters {
-        os: args.os.clone(),
-        images: args.image.clone(),
-        virts: args.virt.clone(),
-        archs: args.arch.clone(),
-        regions: args.region.clone(),
-    };
-    let builds = matrix.expand(&args.preset, &filters, args.strategy, args.public)?;
+    let builds = matrix.expand(&args.preset, &filters(args), args.strategy, args.public)?;
     let Some(report) = &args.resume else { return Ok(builds) };
     let report_path = if report.as_os_str() == "latest" { run_report::latest_path() } else { report.clone() };
     let earlier = run_report::load(&report_path)?;
     builds_to_resume(&earlier, builds, &display(ami_list_root))
         .with_context(|| format!("resume from {}", display(&report_path)))
+}
+
+/// What --os, --image, --virt, --arch and --region narrow the preset to.
+pub(super) fn filters(args: &Args) -> Filters {
+    Filters {
+        os: args.os.clone(),
+        images: args.image.clone(),
+        virts: args.virt.clone(),
+        archs: args.arch.clone(),
+        regions: args.region.clone(),
+    }
 }
 
 /// The builds of `planned` that an earlier run's report shows as failed or

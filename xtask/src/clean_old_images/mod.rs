@@ -7,7 +7,6 @@ mod select;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -17,7 +16,6 @@ use xshell::Shell;
 use self::select::{Decision, FactoryImage, Policy, Tagged};
 use crate::{
     age::{format_duration, parse_duration},
-    docker::is_pinned_reference,
     images_list, local, project,
     registry::{Manifest, Registry},
 };
@@ -110,27 +108,15 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     report(&decisions, args, &deleted)
 }
 
-/// The digests of every image and list images-list records.
+/// The digests of every image and list images-list records; an error when
+/// any file cannot be read, since it could be protecting anything.
 fn recorded_digests(root: &Path) -> Result<BTreeSet<String>> {
-    let mut digests = BTreeSet::new();
-    let Ok(images) = fs::read_dir(root) else { return Ok(digests) };
-    for image in images {
-        let image = image?;
-        if !image.file_type()?.is_dir() {
-            continue;
-        }
-        for slot in fs::read_dir(image.path())? {
-            let slot = slot?;
-            let name = slot.file_name().to_string_lossy().into_owned();
-            let image_name = image.file_name().to_string_lossy().into_owned();
-            let reference = images_list::read(root, &image_name, &name)?
-                .with_context(|| format!("{} vanished while read", slot.path().display()))?;
-            if let Some((_, digest)) = reference.split_once('@').filter(|_| is_pinned_reference(&reference)) {
-                digests.insert(digest.to_string());
-            }
-        }
+    let tree = images_list::check_tree(root)?;
+    if !tree.problems.is_empty() {
+        let named: Vec<String> = tree.problems.iter().map(|(path, why)| format!("{path}: {why}")).collect();
+        bail!("images-list cannot be read whole, so nothing is deleted: {}", named.join("; "));
     }
-    Ok(digests)
+    Ok(tree.references.iter().filter_map(|r| r.split_once('@')).map(|(_, digest)| digest.to_string()).collect())
 }
 
 /// Every tag under `namespace`, with what the factory's labels say of it.

@@ -2,23 +2,20 @@
 //! engine and registry (the user's, or the sandbox's own on loopback), the
 //! source image of each build, and what the provisioners download.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use super::{
-    downloads::{self, ImageDownloads, Mirror, SourceArgs, APACHE_HADOOP, APACHE_SPARK},
-    fill_downloads, rootfs_kind, serve_local_mirror,
+    apache_mirrors,
+    downloads::{self, ImageDownloads, SourceArgs},
+    fill_downloads, prepare_rootfs, rootfs_kind, serve_local_mirror,
 };
 use crate::{
     docker::Engine,
     local::{self, docker::DockerSandbox, instance, mirror::MirrorServer},
-    matrix::{ContainerBuild, Image},
+    matrix::{Build, ContainerBuild, Image},
     template::TemplateVars,
 };
 
@@ -77,10 +74,7 @@ impl ContainerSite {
                 "the docker platform pushes to a registry: pass --registry HOST/NAMESPACE (e.g. \
                  ghcr.io/acme/spark-packer, after `docker login ghcr.io`), or use --local for the sandbox's own",
             )?;
-            let (spark, hadoop) = (
-                Mirror::pinned(&sources.spark_mirror, APACHE_SPARK),
-                Mirror::pinned(&sources.hadoop_mirror, APACHE_HADOOP),
-            );
+            let (spark, hadoop) = apache_mirrors(sources);
             let downloads = downloads::for_builds(images, &spark, &hadoop)?;
             let engine = Engine::default();
             return Ok(ContainerSite { engine, registry: registry.to_string(), downloads, smoke_test, sandbox: None });
@@ -148,14 +142,9 @@ fn import_base_images(
     docker: &DockerSandbox,
     builds: &[ContainerBuild],
 ) -> Result<BTreeMap<instance::RootfsKind, String>> {
-    let kinds: BTreeSet<instance::RootfsKind> = builds.iter().map(|b| rootfs_kind(&b.cell)).collect::<Result<_>>()?;
+    let cells: Vec<Build> = builds.iter().map(|b| b.cell.clone()).collect();
     let mut images = BTreeMap::new();
-    for kind in kinds {
-        if !kind.is_native() {
-            local::emulation::ensure(sh, &kind.arch)?;
-        }
-        eprintln!("local instance: preparing the Debian {} rootfs (debootstrap and updates, once)", kind.label());
-        let rootfs = instance::ensure_rootfs(sh, &kind)?;
+    for (kind, rootfs) in prepare_rootfs(sh, &cells)? {
         let name = format!("spark-packer-local/debian:{}", kind.label());
         docker
             .import_rootfs(sh, &rootfs, kind.debian_arch(), &name)

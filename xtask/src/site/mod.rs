@@ -96,7 +96,7 @@ impl Site {
             site.sandbox = Some(sandbox);
             (spark, hadoop)
         } else {
-            (Mirror::pinned(&sources.spark_mirror, APACHE_SPARK), Mirror::pinned(&sources.hadoop_mirror, APACHE_HADOOP))
+            apache_mirrors(sources)
         };
         site.downloads = downloads::for_builds(request.builds.iter().map(|b| &b.image), &spark, &hadoop)?;
         Ok(site)
@@ -180,16 +180,7 @@ impl Sandbox {
     fn prepare(sh: &Shell, sources: &SourceArgs, request: &Request, aws: &Aws) -> Result<(Sandbox, Mirror, Mirror)> {
         instance::require_root(sh)?;
         // Dead runs' instances are swept by sweep::at_start, once per run.
-        let kinds: BTreeSet<instance::RootfsKind> = request.builds.iter().map(rootfs_kind).collect::<Result<_>>()?;
-        let mut rootfs = BTreeMap::new();
-        for kind in kinds {
-            if !kind.is_native() {
-                local::emulation::ensure(sh, &kind.arch)?;
-            }
-            eprintln!("local instance: preparing the Debian {} rootfs (debootstrap and updates, once)", kind.label());
-            let dir = instance::ensure_rootfs(sh, &kind)?;
-            rootfs.insert(kind, dir);
-        }
+        let rootfs = prepare_rootfs(sh, request.builds)?;
         let key = instance::ensure_ssh_key(sh)?;
         let regions: BTreeSet<&str> = request.builds.iter().map(|b| b.region.as_str()).collect();
         for region in regions {
@@ -247,6 +238,28 @@ fn serve_local_mirror(sh: &Shell, sources: &SourceArgs, images: &[&Image]) -> Re
     };
     let (spark, hadoop) = (served(&sources.spark_mirror, APACHE_SPARK), served(&sources.hadoop_mirror, APACHE_HADOOP));
     Ok((server, spark, hadoop))
+}
+
+/// Spark and Hadoop from Apache, or the mirrors the user named, each checked
+/// against the matrix's pins.
+fn apache_mirrors(sources: &SourceArgs) -> (Mirror, Mirror) {
+    (Mirror::pinned(&sources.spark_mirror, APACHE_SPARK), Mirror::pinned(&sources.hadoop_mirror, APACHE_HADOOP))
+}
+
+/// The cached Debian rootfs of every release and architecture `builds` stand
+/// on, debootstrapped once; emulation set up for foreign architectures first.
+fn prepare_rootfs(sh: &Shell, builds: &[Build]) -> Result<BTreeMap<instance::RootfsKind, PathBuf>> {
+    let kinds: BTreeSet<instance::RootfsKind> = builds.iter().map(rootfs_kind).collect::<Result<_>>()?;
+    let mut rootfs = BTreeMap::new();
+    for kind in kinds {
+        if !kind.is_native() {
+            local::emulation::ensure(sh, &kind.arch)?;
+        }
+        eprintln!("local instance: preparing the Debian {} rootfs (debootstrap and updates, once)", kind.label());
+        let dir = instance::ensure_rootfs(sh, &kind)?;
+        rootfs.insert(kind, dir);
+    }
+    Ok(rootfs)
 }
 
 /// The Debian rootfs that stands for a build's OS family and architecture.

@@ -55,17 +55,16 @@ struct Cluster<'a> {
 impl Cluster<'_> {
     /// `spark-submit --version`, then SparkPi on a master and a worker.
     fn run(&mut self, reference: &str, emulated: bool, say: &mut dyn FnMut(&str)) -> Result<String> {
-        let this = self;
-        let (sh, engine) = (this.sh, this.engine);
+        let (sh, engine) = (self.sh, self.engine);
         // A user-defined network: its DNS makes each container's name resolve,
         // which Spark needs; the host's network stays out of it.
-        engine.run(sh, &["network", "create", &this.network])?;
+        engine.run(sh, &["network", "create", &self.network])?;
         let mut env = vec!["-e", "SPARK_DAEMON_MEMORY=512m", "-e", "PYSPARK_PYTHON=python3"];
         let cpu = format!("{}={}", crate::local::emulation::QEMU_CPU.0, crate::local::emulation::QEMU_CPU.1);
         if emulated {
             env.extend(["-e", &cpu]);
         }
-        let mut version_check = vec!["run", "--rm", "--network", &this.network];
+        let mut version_check = vec!["run", "--rm", "--network", &self.network];
         version_check.extend(&env);
         version_check.extend([reference, "spark-submit", "--version"]);
         let version = engine.run_merged(sh, &version_check)?;
@@ -75,13 +74,13 @@ impl Cluster<'_> {
         let version_line = spark_version_in(&version)
             .with_context(|| format!("`spark-submit --version` printed no version: {}", tail(&version)))?;
         say(&format!("docker run IMAGE spark-submit --version: {version_line}"));
-        let master = this.start(
+        let master = self.start(
             "master",
             reference,
             &env,
             &["org.apache.spark.deploy.master.Master", "--host", "spark-master", "--port", "7077"],
         )?;
-        let worker = this.start(
+        let worker = self.start(
             "worker",
             reference,
             &env,
@@ -96,8 +95,8 @@ impl Cluster<'_> {
                 "spark://spark-master:7077",
             ],
         )?;
-        say(&format!("master in {master}, worker in {worker}, on network {}", this.network));
-        this.wait_for(&master, "Registering worker")?;
+        say(&format!("master in {master}, worker in {worker}, on network {}", self.network));
+        self.wait_for(&master, "Registering worker")?;
         say("the worker registered with the master");
         let submit = [
             "exec",

@@ -46,14 +46,7 @@ fn refuse_ami_only_flags(args: &Args) -> Result<()> {
 /// The docker platform's builds: the preset's cells, one per image, OS
 /// family and architecture, each family with a container image to start from.
 fn plan(sh: &Shell, matrix: &Matrix, args: &Args) -> Result<Vec<ContainerBuild>> {
-    let filters = matrix::Filters {
-        os: args.os.clone(),
-        images: args.image.clone(),
-        virts: args.virt.clone(),
-        archs: args.arch.clone(),
-        regions: args.region.clone(),
-    };
-    let cells = matrix.expand(&args.preset, &filters, matrix::Strategy::Copy, false)?;
+    let cells = matrix.expand(&args.preset, &super::plan::filters(args), matrix::Strategy::Copy, false)?;
     let builds = matrix::container_builds(&cells);
     let local = args.endpoint.local;
     let without: Vec<&str> = builds
