@@ -11,8 +11,10 @@ use crate::{ami_list, aws::Aws, local, project};
 #[derive(Debug, Clone, clap::Args)]
 pub struct EndpointArgs {
     /// Send every EC2 call (Packer and the aws CLI) to this URL, e.g. an
-    /// emulator you run yourself: http://127.0.0.1:5000
-    #[arg(long, value_name = "URL", conflicts_with = "local", value_parser = parse_endpoint)]
+    /// emulator you run yourself: http://127.0.0.1:5000. With --local, the
+    /// sandbox uses this emulator instead of starting an empty one, so a
+    /// later run finds the AMIs of earlier ones and skips what is current.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,
 
     /// Use the local sandbox: start an EC2 emulator (moto) on a free loopback
@@ -86,6 +88,17 @@ impl EndpointArgs {
         self.local || self.endpoint.as_deref().is_some_and(|url| !is_aws(url))
     }
 
+    /// The sandbox's dummy credentials go only to an emulator.
+    pub fn refuse_aws_with_local(&self) -> Result<()> {
+        match &self.endpoint {
+            Some(url) if self.local && is_aws(url) => bail!(
+                "--local with --endpoint {url}: that is AWS itself, and the sandbox sends dummy \
+                 credentials; name an emulator's URL, or drop --local to build on AWS"
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Starts the sandbox if asked; sets dummy credentials for it on `sh`.
     pub fn connect(&self, sh: &Shell) -> Result<Connection> {
         if let Some(url) = &self.endpoint {
@@ -94,6 +107,11 @@ impl EndpointArgs {
         if self.local {
             for (key, value) in local::DUMMY_CREDENTIALS {
                 sh.set_var(key, value);
+            }
+            if let Some(url) = &self.endpoint {
+                self.refuse_aws_with_local()?;
+                let aws = Aws { program: local::ensure_venv(sh)?.join("bin/aws"), endpoint: Some(url.clone()) };
+                return Ok(Connection { endpoint: Some(url.clone()), aws, is_emulator: true, emulator: None });
             }
             let emulator = local::Emulator::start(sh)?;
             return Ok(Connection {

@@ -9,9 +9,14 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 /// The repository root, from this crate's manifest, so the xtask works from
-/// any directory.
+/// any directory. `SPARK_PACKER_ROOT` names another tree of templates and
+/// scripts for this binary to build from: the tests use it to change a
+/// script without touching the checked-in one.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo root").to_path_buf()
+    match std::env::var_os("SPARK_PACKER_ROOT").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repo root").to_path_buf(),
+    }
 }
 
 pub fn target_dir() -> PathBuf {

@@ -477,7 +477,7 @@ fn check_online(sh: &Shell, aws: &Aws, recorded: &[Recorded], public: bool) -> V
     regions.sort();
     regions.dedup();
     let listed: Vec<(&str, Result<Vec<Image>>)> =
-        regions.par_iter().map_with(sh.clone(), |sh, region| (*region, aws.own_images(sh, region, &[]))).collect();
+        regions.par_iter().map_with(sh.clone(), |sh, region| (*region, aws.own_images(sh, region))).collect();
     let mut problems = Vec::new();
     let mut images: BTreeMap<&str, BTreeMap<String, Image>> = BTreeMap::new();
     for (region, result) in listed {

@@ -292,10 +292,10 @@ fn bad_input_gets_a_one_line_error_that_names_the_fix() {
             "is not a URL: write it as http://127.0.0.1:5000",
         ),
         (
-            "endpoint and local",
-            args(&["build-amis", "--local", "--endpoint", ep]),
+            "local with AWS's endpoint",
+            args(&["build-amis", "--local", "--endpoint", "https://ec2.us-east-1.amazonaws.com"]),
             vec![],
-            "the argument '--local' cannot be used with '--endpoint <URL>'",
+            "that is AWS itself, and the sandbox sends dummy credentials",
         ),
         (
             "emulator into checked-in tree",
@@ -324,9 +324,15 @@ fn bad_input_gets_a_one_line_error_that_names_the_fix() {
             "`packer` not found: install it with `apt-get install packer`",
         ),
         (
+            // Keys from a profile, not the environment: the aws CLI makes every call.
             "aws CLI missing",
             args(&["validate", "--online", "--endpoint", ep, "--ami-list", &s(&good_tree)]),
-            vec![("PATH", Some(format!("{}:/usr/bin:/bin", s(&no_tools))))],
+            vec![
+                ("PATH", Some(format!("{}:/usr/bin:/bin", s(&no_tools)))),
+                ("AWS_ACCESS_KEY_ID", None),
+                ("AWS_SECRET_ACCESS_KEY", None),
+                ("AWS_PROFILE", Some("spark-packer-test".to_string())),
+            ],
             "install the aws CLI (`pip install awscli`) or put it on PATH",
         ),
         (

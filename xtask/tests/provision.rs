@@ -36,11 +36,16 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs `build-amis --local` for hvm x86_64 in us-east-1 and checks that the
 /// process left nothing behind.
 fn build_amis(ami_list: &Path, images: &str, extra: &[&str]) -> Output {
+    build_amis_with_env(ami_list, images, extra, &[])
+}
+
+fn build_amis_with_env(ami_list: &Path, images: &str, extra: &[&str], env: &[(&str, &Path)]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["build-amis", "--local", "--preset", PRESET, "--image", images, "--virt", "hvm", "--arch", "x86_64"])
         .args(["--region", "us-east-1", "--ami-list"])
         .arg(ami_list)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -491,4 +496,65 @@ fn environment_and_image_json_records() {
         serde_json::json!({"image": "spark-3.5.3", "java": "openjdk version \"17.0.13\"", "spark_version": "3.5.3",
             "notes": ["pssh: not \"packaged\""]})
     );
+}
+
+/// Issue 16, end to end and provisioned: against one emulator the runs
+/// share (`--local --endpoint`), a second run with nothing changed launches
+/// nothing, and a change to scripts/spark.sh rebuilds the Spark build only.
+/// The runs build from a copy of the tree (`SPARK_PACKER_ROOT`), so the
+/// checked-in script is never touched.
+#[test]
+fn a_change_to_spark_sh_rebuilds_the_spark_image_and_not_base() {
+    let dir = scratch("spark-sh-change");
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let root = project::root();
+    let copier = Shell::new().unwrap();
+    cmd!(copier, "cp -r {root}/packer {root}/scripts {tree}/").run().unwrap();
+    for shared in ["local", "dev", "ami-list", "Cargo.toml"] {
+        std::os::unix::fs::symlink(root.join(shared), tree.join(shared)).unwrap();
+    }
+    let sh = common::emulator_shell();
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let endpoint = emulator.endpoint();
+    let target = project::target_dir();
+    let env = [("SPARK_PACKER_ROOT", tree.as_path()), ("CARGO_TARGET_DIR", target.as_path())];
+    let ami_list = dir.join("ami-list");
+    let images = format!("base,spark-{SPARK}");
+    let launches = || -> usize { emulator.aws().instance_states(&sh, "us-east-1").unwrap().values().sum() };
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = ["--endpoint", endpoint.as_str(), "--json"].iter().chain(extra).copied().collect();
+        let output = build_amis_with_env(&ami_list, &images, &args, &env);
+        assert!(output.status.success(), "{}", common::text(&output));
+        let report = json_report(&output);
+        let status = |name: &str| {
+            let build = report["builds"].as_array().unwrap().iter().find(|b| b["name"] == name).unwrap();
+            let why = build["why_built"].as_array().into_iter().flatten().filter_map(|w| w.as_str());
+            (build["status"].as_str().unwrap().to_string(), why.collect::<Vec<_>>().join("; "))
+        };
+        (status(BASE_BUILD), status(SPARK_BUILD))
+    };
+    let recorded = |image: &str| fs::read_to_string(ami_list.join(image).join("us-east-1").join(SLOT)).unwrap();
+
+    let (base, spark) = run(&[]);
+    assert_eq!((base.0.as_str(), spark.0.as_str()), ("ok", "ok"), "{base:?} {spark:?}");
+    assert_eq!(launches(), 2);
+    let (base_id, spark_id) = (recorded("base"), recorded(&format!("spark-{SPARK}")));
+
+    let (base, spark) = run(&[]);
+    assert_eq!((base.0.as_str(), spark.0.as_str()), ("current", "current"), "{base:?} {spark:?}");
+    assert_eq!(launches(), 2, "a run with nothing changed launched an instance");
+
+    let spark_sh = tree.join("scripts/spark.sh");
+    let mut script = fs::read_to_string(&spark_sh).unwrap();
+    script.push_str("# a change to spark.sh only\n");
+    fs::write(&spark_sh, script).unwrap();
+    let (base, spark) = run(&[]);
+    assert_eq!(base.0, "current", "base does not run spark.sh: {base:?}");
+    assert_eq!(spark.0, "ok", "{spark:?}");
+    assert!(spark.1.contains("scripts/spark.sh changed"), "{spark:?}");
+    assert!(!spark.1.contains("lib.sh") && !spark.1.contains("template"), "{spark:?}");
+    assert_eq!(launches(), 3, "only the Spark build launched");
+    assert_eq!(recorded("base"), base_id);
+    assert_ne!(recorded(&format!("spark-{SPARK}")), spark_id);
 }

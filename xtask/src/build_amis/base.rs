@@ -80,9 +80,10 @@ pub(super) fn resolve(
         }
         BaseSource::Recorded(cell) => {
             let path = ami_list_root.join(cell.relative_path());
-            if site.starts_empty() {
+            if site.has_sandbox() {
                 bail!(
-                    "base is not in this run, and --local starts an empty emulator: build both, \
+                    "base is not in this run, and --local keeps a base's disk for its Spark builds only \
+                     within the run: build both, \
                      e.g. --image {BASE_IMAGE},{} --spark-on-base",
                     spark.image.name
                 );

@@ -110,9 +110,14 @@ impl Site {
         self.connection.endpoint.as_deref()
     }
 
-    /// The sandbox's emulator holds no AMI from earlier runs.
-    pub fn starts_empty(&self) -> bool {
+    /// Whether builds run on the local sandbox's instances.
+    pub fn has_sandbox(&self) -> bool {
         self.sandbox.is_some()
+    }
+
+    /// An emulator this run started holds no AMI from earlier runs.
+    pub fn starts_empty(&self) -> bool {
+        self.connection.emulator_pid().is_some()
     }
 
     /// What the run should say before it starts: each download and whose
@@ -293,6 +298,7 @@ pub(crate) fn install_sandbox_tools(sh: &Shell, endpoint: &EndpointArgs) -> Resu
 /// Fails early, before any EC2 call, when the site cannot serve the run: a
 /// provisioned build with no instance to reach, or no credentials at all.
 pub(crate) fn preflight(endpoint: &EndpointArgs, provision: bool) -> Result<()> {
+    endpoint.refuse_aws_with_local()?;
     if provision && endpoint.is_emulator() && !endpoint.local {
         bail!(
             "provisioned builds against an emulator need an instance to SSH into: use --local, which \

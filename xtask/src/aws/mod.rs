@@ -1,6 +1,8 @@
 //! A thin client over the aws CLI: users already have it configured (profiles,
 //! SSO), and it honours `--endpoint-url` for the emulator. Output is parsed
-//! with serde; credentials stay in the environment.
+//! with serde; credentials stay in the environment. DescribeImages, the one
+//! call a run that changes nothing makes, goes through `query` instead when
+//! the keys are in the environment.
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +15,9 @@ use serde::Deserialize;
 use xshell::{cmd, Shell};
 
 use crate::factory::MANAGED_BY;
+
+mod query;
+pub use query::ImageQuery;
 
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -44,7 +49,7 @@ pub struct Image {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Tag {
+pub(crate) struct Tag {
     key: String,
     value: String,
 }
@@ -95,15 +100,24 @@ impl Aws {
         String::from_utf8(output.stdout).context("aws output is not UTF-8")
     }
 
-    /// Images this account owns in `region`, narrowed by `filters`
-    /// (`Name=...,Values=...` strings as the CLI takes them).
-    pub fn own_images(&self, sh: &Shell, region: &str, filters: &[String]) -> Result<Vec<Image>> {
-        let mut args = vec!["describe-images", "--owners", "self"];
-        if !filters.is_empty() {
-            args.push("--filters");
-            args.extend(filters.iter().map(String::as_str));
-        }
-        parse_describe_images(&self.ec2(sh, region, &args)?)
+    /// Every image `query` finds in `region`. With credentials in the
+    /// environment, through the query API (a curl process); else the aws
+    /// CLI, which also knows profiles and SSO.
+    pub fn describe_images(&self, sh: &Shell, region: &str, query: &ImageQuery) -> Result<Vec<Image>> {
+        let Some(credentials) = query::Credentials::from_shell(sh) else {
+            let args = query.cli_args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            return parse_describe_images(&self.ec2(sh, region, &args)?);
+        };
+        // Where the aws CLI would send it, if its environment names an endpoint.
+        let configured = ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"].iter().find_map(|v| sh.var(v).ok());
+        let endpoint = self.endpoint.clone().or(configured.filter(|url| !url.is_empty()));
+        query::describe_images(&credentials, endpoint.as_deref(), region, query)
+    }
+
+    /// Images this account owns in `region`.
+    pub fn own_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
+        self.describe_images(sh, region, &ImageQuery { owners: vec!["self".to_string()], ..Default::default() })
     }
 
     /// The newest image Packer's `source_ami_filter` would pick: `name`
@@ -116,20 +130,18 @@ impl Aws {
         owners: &[String],
         arch: &str,
     ) -> Result<Option<Image>> {
-        let mut args = vec!["describe-images".to_string(), "--owners".to_string()];
-        args.extend(owners.iter().cloned());
-        args.push("--filters".to_string());
-        args.push(format!("Name=name,Values={name}"));
-        args.push(format!("Name=architecture,Values={arch}"));
-        args.push("Name=root-device-type,Values=ebs".to_string());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let images = parse_describe_images(&self.ec2(sh, region, &args)?)?;
+        let query = ImageQuery { owners: owners.to_vec(), ..Default::default() }
+            .filter("name", &[name])
+            .filter("architecture", &[arch])
+            .filter("root-device-type", &["ebs"]);
+        let images = self.describe_images(sh, region, &query)?;
         Ok(images.into_iter().max_by(|a, b| a.creation_date.cmp(&b.creation_date)))
     }
 
     /// One image by ID, whoever owns it; an error if `region` has none by that ID.
     pub fn image(&self, sh: &Shell, region: &str, image_id: &str) -> Result<Image> {
-        let images = parse_describe_images(&self.ec2(sh, region, &["describe-images", "--image-ids", image_id])?)?;
+        let query = ImageQuery { image_ids: vec![image_id.to_string()], ..Default::default() };
+        let images = self.describe_images(sh, region, &query)?;
         images.into_iter().next().with_context(|| format!("no image {image_id} in {region}"))
     }
 
@@ -158,7 +170,8 @@ impl Aws {
 
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
     pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
-        self.own_images(sh, region, &[format!("Name=tag:{},Values={}", MANAGED_BY.0, MANAGED_BY.1)])
+        let query = ImageQuery { owners: vec!["self".to_string()], ..Default::default() };
+        self.describe_images(sh, region, &query.filter(&format!("tag:{}", MANAGED_BY.0), &[MANAGED_BY.1]))
     }
 
     /// Counts instance launches by state, e.g. {"running": 2, "terminated": 4}.
@@ -520,8 +533,7 @@ impl Aws {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let filter = format!("Name=image-id,Values={}", ids.join(","));
-        parse_describe_images(&self.ec2(sh, region, &["describe-images", "--filters", &filter])?)
+        self.describe_images(sh, region, &ImageQuery::default().filter("image-id", ids))
     }
 
     /// Every parameter under `path` in `region`, at any depth (the CLI pages).
