@@ -517,7 +517,9 @@ pub fn render(results: &Results<WayResult>) -> String {
         "\nThe ways: `build-amis-copy` and `build-amis-native` run `cargo xtask build-amis \
          --no-provision --preset seed-2014 --endpoint ...` with each strategy; `build-amis-rerun` runs the copy strategy again on a tree built once \
          before the rounds, whose builds are all current (no launch, no Packer: the cost of a \
-         scheduled run in which nothing changed); `single-packer` \
+         scheduled run in which nothing changed; its 10 read-only DescribeImages calls, 2 source \
+         filters and one lookup of the recorded IDs in each of the 8 regions, go through curl, \
+         since the keys are in the environment); `single-packer` \
          is one `packer build` of bench/seed-2014-single.pkr.hcl (the seed's 4 builders with \
          ami_regions); `bash-loop` is bench/packer-loop.sh (4 `packer build`s of \
          packer/spark-ami.pkr.hcl with & and wait).\n\nLike for like: every way runs Packer 1.6.6 \

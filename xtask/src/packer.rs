@@ -7,6 +7,7 @@ use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::Stdio,
+    sync::mpsc::{self, RecvTimeoutError},
     time::Duration,
 };
 
@@ -284,20 +285,22 @@ pub fn build(
         output.push_str(line);
         output.push('\n');
     };
+    // A thread waits for Packer, so its exit is seen at once, not at the
+    // next look at the log.
+    let (exited, exit) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = exited.send(());
+        status
+    });
     let status = loop {
-        let read = follower.read_lines(&mut take);
-        match (read, child.try_wait()) {
-            (_, Ok(Some(status))) => break Ok(status),
-            (Err(e), _) | (_, Err(e)) => break Err(e),
-            (Ok(()), Ok(None)) => std::thread::sleep(FOLLOW_EVERY),
-        }
-    };
-    let status = match status {
-        Ok(status) => Ok(status),
-        // We cannot follow it any more: stop it, and let it clean up first.
-        Err(e) => {
+        if let Err(e) = follower.read_lines(&mut take) {
+            // We cannot follow it any more: stop it, and let it clean up first.
             interrupt::stop(pid);
-            child.wait().map_err(|_| e)
+            break waiter.join().unwrap_or(Err(e));
+        }
+        if exit.recv_timeout(FOLLOW_EVERY) != Err(RecvTimeoutError::Timeout) {
+            break waiter.join().unwrap_or_else(|_| Err(std::io::Error::other("packer's waiter panicked")));
         }
     };
     interrupt::unregister(pid);

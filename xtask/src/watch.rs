@@ -9,8 +9,8 @@ use std::{
     io::ErrorKind,
     net::{TcpStream, ToSocketAddrs},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        mpsc::{self, RecvTimeoutError},
+        Mutex,
     },
     thread::JoinHandle,
     time::Duration,
@@ -41,7 +41,8 @@ pub fn gives_up(probes: &[Option<ErrorKind>]) -> bool {
 
 /// Watches `endpoint` (none for real AWS, which is not watched) until dropped.
 pub struct Watch {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the watch at once, mid-pause.
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -60,11 +61,10 @@ pub fn refusing_now(endpoint: Option<&str>) -> Option<String> {
 pub fn start(endpoint: Option<&str>) -> Option<Watch> {
     let url = endpoint?.to_string();
     let (host, port) = host_and_port(&url)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
+    let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let mut probes = Vec::new();
-        while !stopped.load(Ordering::SeqCst) {
+        loop {
             probes.push(probe(&host, port));
             if gives_up(&probes) {
                 let why = format!(
@@ -77,15 +77,13 @@ pub fn start(endpoint: Option<&str>) -> Option<Watch> {
                 interrupt::kill_all();
                 return;
             }
-            // In slices, so that dropping the watch at the end of a run waits
-            // a tenth of a second, not a whole probe interval.
-            let slept = std::time::Instant::now();
-            while slept.elapsed() < EVERY && !stopped.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+            // Until the next probe, or until the watch is dropped.
+            if stopped.recv_timeout(EVERY) != Err(RecvTimeoutError::Timeout) {
+                return;
             }
         }
     });
-    Some(Watch { stop, thread: Some(thread) })
+    Some(Watch { stop: Some(stop), thread: Some(thread) })
 }
 
 /// None when something accepted the connection.
@@ -106,7 +104,7 @@ fn probe(host: &str, port: u16) -> Option<ErrorKind> {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -248,10 +248,21 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
     let provision = site.provision;
     let started = project::now_secs();
     let run_id = project::run_id(started, std::process::id());
-    let stamp =
-        RunStamp { run_id: run_id.clone(), git_commit: project::git_commit(sh), created_at: project::rfc3339(started) };
     let log_dir = project::target_dir().join("packer-logs").join(&run_id);
     fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
+    announce(&run_id, builds, args, site.endpoint(), &log_dir);
+    let clock = Instant::now();
+    // The sandbox's emulator starts empty: nothing can be current there.
+    let list_images = (!args.force && !site.starts_empty()).then_some(ami_list_root);
+    // git's two calls overlap the survey's read-only EC2 calls.
+    let git_sh = sh.clone();
+    let (git_commit, survey) = std::thread::scope(|scope| {
+        let git = scope.spawn(move || project::git_commit(&git_sh));
+        let survey = survey::Survey::take(sh, site, builds, list_images);
+        (git.join().unwrap_or_else(|_| "unknown".to_string()), survey)
+    });
+    let survey = survey?;
+    let stamp = RunStamp { run_id: run_id.clone(), git_commit, created_at: project::rfc3339(started) };
     let journal = journal::Journal::start(
         journal::Header {
             run_id: run_id.clone(),
@@ -265,11 +276,6 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
         },
         builds,
     )?;
-    announce(&run_id, builds, args, site.endpoint(), &log_dir);
-    let clock = Instant::now();
-    // The sandbox's emulator starts empty: nothing can be current there.
-    let list_images = (!args.force && !site.starts_empty()).then_some(ami_list_root);
-    let survey = survey::Survey::take(sh, site, builds, list_images)?;
     let texts = run::InputTexts::read()?;
     let run = run::RunContext {
         stamp,

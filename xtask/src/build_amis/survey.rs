@@ -26,8 +26,8 @@ const AWS_CALLS_AT_ONCE: usize = 16;
 pub(crate) struct Survey {
     /// (launch region, build name) -> the source AMI its filter resolves to.
     sources: BTreeMap<(String, String), String>,
-    /// Region -> the factory's images there, by ID. Empty when not listed
-    /// (--force, or a sandbox whose emulator starts empty).
+    /// Region -> the factory's images there that ami-list records, by ID.
+    /// Empty when not listed (--force, or a sandbox whose emulator starts empty).
     images: BTreeMap<String, BTreeMap<String, Image>>,
 }
 
@@ -45,8 +45,8 @@ pub(crate) enum Currency {
 
 impl Survey {
     /// Resolves every build's source filter in its launch region, and, given
-    /// the ami-list tree, lists the factory's images in every region it
-    /// records a cell of these builds in.
+    /// the ami-list tree, looks up the factory images it records for these
+    /// builds, one call per region.
     pub fn take(sh: &Shell, site: &Site, builds: &[Build], list_images: Option<&Path>) -> Result<Survey> {
         // Each call is an aws CLI process waiting on the network, not on our
         // cores: run them all at once rather than two at a time.
@@ -74,27 +74,26 @@ impl Survey {
                 (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str());
             ((b.region.clone(), b.name.clone()), resolved[&filter].clone())
         });
-        // Only where ami-list records something: a region with nothing
-        // recorded has nothing that could be current.
-        let recorded = |root: &Path, b: &Build, region: &str| {
-            let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
-            ami_list::read(root, &cell).ok().flatten().is_some()
-        };
-        let regions: BTreeSet<&str> = match list_images {
-            Some(root) => builds.iter().flat_map(|b| b.regions().filter(move |r| recorded(root, b, r))).collect(),
-            None => BTreeSet::new(),
-        };
-        let images = if !regions.is_empty() {
-            regions
-                .par_iter()
-                .map_with(sh.clone(), |sh, region| -> Result<(String, BTreeMap<String, Image>)> {
-                    let found = site.aws().factory_images(sh, region)?;
-                    Ok((region.to_string(), found.into_iter().map(|i| (i.image_id.clone(), i)).collect()))
-                })
-                .collect::<Result<_>>()?
-        } else {
-            BTreeMap::new()
-        };
+        // Only the IDs ami-list records, and only where it records any: the
+        // listing then stays as small as the matrix however many images
+        // earlier runs left in the region.
+        let mut recorded: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (root, b) in list_images.iter().flat_map(|root| builds.iter().map(move |b| (root, b))) {
+            for region in b.regions() {
+                let cell = Cell { image: b.image.name.clone(), region: region.to_string(), slot: b.slot() };
+                if let Ok(Some(id)) = ami_list::read(root, &cell) {
+                    recorded.entry(region).or_default().insert(id);
+                }
+            }
+        }
+        let images = recorded
+            .par_iter()
+            .map_with(sh.clone(), |sh, (region, ids)| -> Result<(String, BTreeMap<String, Image>)> {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let found = site.aws().factory_images_by_id(sh, region, &ids)?;
+                Ok((region.to_string(), found.into_iter().map(|i| (i.image_id.clone(), i)).collect()))
+            })
+            .collect::<Result<_>>()?;
         Ok(Survey { sources: sources.collect(), images })
     }
 
