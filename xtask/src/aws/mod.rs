@@ -49,7 +49,7 @@ pub struct Image {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(crate) struct Tag {
+struct Tag {
     key: String,
     value: String,
 }

@@ -20,8 +20,8 @@ use crate::{
     site::Site,
 };
 
-/// How many aws CLI calls the survey makes at once.
-const AWS_CALLS_AT_ONCE: usize = 16;
+/// How many EC2 calls the survey makes at once.
+const EC2_CALLS_AT_ONCE: usize = 16;
 
 pub(crate) struct Survey {
     /// (launch region, build name) -> the source AMI its filter resolves to.
@@ -48,9 +48,9 @@ impl Survey {
     /// the ami-list tree, looks up the factory images it records for these
     /// builds, one call per region.
     pub fn take(sh: &Shell, site: &Site, builds: &[Build], list_images: Option<&Path>) -> Result<Survey> {
-        // Each call is an aws CLI process waiting on the network, not on our
-        // cores: run them all at once rather than two at a time.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(AWS_CALLS_AT_ONCE).build()?;
+        // Each call is a process (curl, or the aws CLI) waiting on the
+        // network, not on our cores: run them all at once rather than two at a time.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(EC2_CALLS_AT_ONCE).build()?;
         let sh = sh.clone(); // a Shell is Send, not Sync
         pool.install(move || Self::take_all(&sh, site, builds, list_images))
     }
