@@ -229,7 +229,6 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let request =
         Request { builds: &builds, provision, smoke_test: !args.skip_smoke_test, spark_on_base: args.spark_on_base };
     let site = Site::open(sh, &args.endpoint, &args.sources, &request)?;
-    sweep::at_start(sh, site.aws(), site.endpoint(), site.connection.is_emulator, args.sweep);
     let _watch = watch::start(site.endpoint());
     for note in site.notes(&builds) {
         eprintln!("{note}");
@@ -254,11 +253,16 @@ fn build_all(sh: &Shell, args: &Args, builds: &[Build], site: &Site, ami_list_ro
     let clock = Instant::now();
     // The sandbox's emulator starts empty: nothing can be current there.
     let list_images = (!args.force && !site.starts_empty()).then_some(ami_list_root);
-    // git's two calls overlap the survey's read-only EC2 calls.
-    let git_sh = sh.clone();
+    // git's two calls, and the sweep of what dead runs left, overlap the
+    // survey's read-only EC2 calls: none of them depends on another.
+    let (git_sh, sweep_sh) = (sh.clone(), sh.clone());
     let (git_commit, survey) = std::thread::scope(|scope| {
         let git = scope.spawn(move || project::git_commit(&git_sh));
+        let sweep = scope.spawn(move || {
+            sweep::at_start(&sweep_sh, site.aws(), site.endpoint(), site.connection.is_emulator, args.sweep)
+        });
         let survey = survey::Survey::take(sh, site, builds, list_images);
+        let _ = sweep.join();
         (git.join().unwrap_or_else(|_| "unknown".to_string()), survey)
     });
     let survey = survey?;

@@ -89,11 +89,11 @@ struct LaunchFrom {
 /// with --spark-on-base).
 pub(super) fn run_all(sh: &Shell, run: &RunContext, builds: &[Build]) -> Result<Vec<BuildResult>> {
     let names: Vec<String> = builds.iter().map(|b| b.name.clone()).collect();
-    let style = Style {
-        expected: run_report::earlier_seconds(&names, run.site.provision),
-        jobs: usize::from(run.jobs),
-        ..Style::for_terminal(run.json, run.verbose)
-    };
+    let mut style = Style { jobs: usize::from(run.jobs), ..Style::for_terminal(run.json, run.verbose) };
+    // Only the live view shows an estimate: a line log need not read old reports.
+    if style.live {
+        style.expected = run_report::earlier_seconds(&names, run.site.provision);
+    }
     let printer = Printer::start(names, style);
     interrupt::install(printer.sender(), Stoppable::Builds)?;
     let pool = rayon::ThreadPoolBuilder::new()
