@@ -116,16 +116,23 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
     let mut seconds: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut launches: BTreeMap<&str, usize> = BTreeMap::new();
     let mut amis: BTreeMap<&str, usize> = BTreeMap::new();
-    // The tree every build-amis-rerun round finds current: built once, untimed.
     let rerun = work.join("rerun");
     fs::create_dir_all(&rerun)?;
-    run_build_amis(sh, &endpoint, &rerun, "copy")?;
-    // Also warms up moto's per-region backends, which the first way would pay for.
-    let mut launched_so_far = count_launches(sh, &aws, &regions)?;
     for (round, way) in rotation(rounds, &WAYS) {
         eprintln!("round {}/{rounds}: {way}", round + 1);
         let dir = work.join(format!("{round}-{way}"));
         fs::create_dir_all(&dir)?;
+        // Every way meets the same emulator: emptied of what earlier ways
+        // made (moto slows as images pile up), each region's backend warm.
+        emulator.reset()?;
+        for region in &regions {
+            aws.own_images(sh, region)?;
+        }
+        if way == "build-amis-rerun" {
+            // The tree it finds current: built again, untimed, after the reset.
+            run_build_amis(sh, &endpoint, &rerun, "copy")?;
+        }
+        let launched_before = if round == 0 { count_launches(sh, &aws, &regions)? } else { 0 };
         let clock = Instant::now();
         let made = match way {
             "build-amis-copy" => run_build_amis(sh, &endpoint, &dir, "copy")?,
@@ -139,9 +146,7 @@ pub fn main(sh: &Shell, args: &Args) -> Result<()> {
         amis.insert(way, made);
         // Launches are the same every round; counting costs 8 aws calls.
         if round == 0 {
-            let total = count_launches(sh, &aws, &regions)?;
-            launches.insert(way, total - launched_so_far);
-            launched_so_far = total;
+            launches.insert(way, count_launches(sh, &aws, &regions)? - launched_before);
         }
     }
 
@@ -515,8 +520,8 @@ pub fn render(results: &Results<WayResult>) -> String {
     let _ = writeln!(
         out,
         "\nThe ways: `build-amis-copy` and `build-amis-native` run `cargo xtask build-amis \
-         --no-provision --preset seed-2014 --endpoint ...` with each strategy; `build-amis-rerun` runs the copy strategy again on a tree built once \
-         before the rounds, whose builds are all current (no launch, no Packer: the cost of a \
+         --no-provision --preset seed-2014 --endpoint ...` with each strategy; `build-amis-rerun` runs the copy strategy again on a tree built just \
+         before, untimed, whose builds are all current (no launch, no Packer: the cost of a \
          scheduled run in which nothing changed; its 10 read-only DescribeImages calls, 2 source \
          filters and one lookup of the recorded IDs in each of the 8 regions, go through curl, \
          since the keys are in the environment); `single-packer` \
@@ -526,7 +531,9 @@ pub fn render(results: &Results<WayResult>) -> String {
          with `PACKER_WRAP_COOKIE` set, so Packer starts once instead of re-executing itself \
          under its panic wrapper (build-amis always sets it; the baselines get it too), with \
          `-machine-readable -color=false`, `CHECKPOINT_DISABLE=1`, the same dummy credentials \
-         and the same emulator. What differs is only the way: one process per build (build-amis, \
+         and the same emulator, reset before each way (moto's `/moto-api/reset`, then one \
+         DescribeImages per region to warm its backends), so that no way meets the images \
+         of the ways before it. What differs is only the way: one process per build (build-amis, \
          bash-loop) or one for all (single-packer), build-amis's own tags, records and report, \
          and the strategy (native launches in all 8 regions)."
     );

@@ -233,6 +233,17 @@ impl Emulator {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Empties the emulator (moto's `/moto-api/reset`): every image,
+    /// instance and key it was given goes; its source images come back.
+    pub fn reset(&self) -> Result<()> {
+        let url = format!("{}/moto-api/reset", self.endpoint());
+        let output = Command::new("curl").args(["-sS", "--fail", "-X", "POST", &url]).output().context("run curl")?;
+        if !output.status.success() {
+            bail!("reset the emulator at {url}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+
     /// The aws CLI from the sandbox venv, pointed at this emulator.
     pub fn aws(&self) -> Aws {
         Aws { program: self.venv.join("bin/aws"), endpoint: Some(self.endpoint()) }
