@@ -141,6 +141,13 @@ fn only_what_changed_is_built_again() {
         assert!(why.contains(&format!("source AMI {first_source} → {second_source}")), "{name}: {why}");
     }
     assert_ne!(fs::read_to_string(&base_cell).unwrap(), base_eu);
+    // Packer's filter named the resolved source exactly, not the pattern.
+    let logs = project::target_dir().join("packer-logs").join(third["run_id"].as_str().unwrap());
+    for build in ["base-hvm-x86_64", "spark-3.5.3-hvm-x86_64"] {
+        let vars: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(logs.join(format!("{build}.pkrvars.json"))).unwrap()).unwrap();
+        assert_eq!(vars["source_ami_name"], "newsrc-2-x86_64", "{build}");
+    }
 
     // An AMI deregistered by hand: copied again from its build's other AMI, no launch.
     let launched = launches(&emulator);

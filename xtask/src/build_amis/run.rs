@@ -385,6 +385,9 @@ fn packer_build(
     let mut vars = TemplateVars::for_build(build, &run.stamp);
     vars.input_hash = inputs.hash();
     vars.input_digests = inputs.digests();
+    if let Some(name) = run.survey.source_name(build) {
+        vars.source_ami_name = name.to_string();
+    }
     if let Some(base) = &from.base {
         vars.source_ami_name = base.name.clone();
         vars.source_ami_owners = vec!["self".to_string()];
