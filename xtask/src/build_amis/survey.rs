@@ -25,8 +25,8 @@ const EC2_CALLS_AT_ONCE: usize = 16;
 
 pub(crate) struct Survey {
     /// (launch region, build name) -> the source AMI its filter resolves
-    /// to: its ID, and its name, which pins Packer's filter to that image.
-    sources: BTreeMap<(String, String), (String, String)>,
+    /// to, if any: its ID, and its name, which pins Packer's filter to it.
+    sources: BTreeMap<(String, String), Option<(String, String)>>,
     /// Region -> the factory's images there that ami-list records, by ID.
     /// Empty when not listed (--force, or a sandbox whose emulator starts empty).
     images: BTreeMap<String, BTreeMap<String, Image>>,
@@ -62,13 +62,12 @@ impl Survey {
             .iter()
             .map(|b| (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str()))
             .collect();
-        let resolved: BTreeMap<_, (String, String)> = filters
+        let resolved: BTreeMap<_, Option<(String, String)>> = filters
             .into_par_iter()
             .map_with(sh.clone(), |sh, filter @ (region, name, owners, arch)| {
                 let found = site.aws().newest_image(sh, region, name, owners, arch);
                 // A filter that matches nothing fails its build in Packer, with Packer's words.
-                let unresolved = || ("unresolved".to_string(), String::new());
-                (filter, found.ok().flatten().map_or_else(unresolved, |i| (i.image_id, i.name)))
+                (filter, found.ok().flatten().map(|i| (i.image_id, i.name)))
             })
             .collect();
         let sources = builds.iter().map(|b| {
@@ -106,15 +105,18 @@ impl Survey {
 
     /// The source AMI `build`'s filter resolves to in its launch region.
     pub fn source(&self, build: &Build) -> &str {
-        self.sources.get(&(build.region.clone(), build.name.clone())).map_or("unresolved", |(id, _)| id.as_str())
+        self.resolved(build).map_or("unresolved", |(id, _)| id.as_str())
     }
 
     /// That source AMI's name, if it resolved: Packer's filter names it
     /// exactly, so the build starts from the image its input hash records,
     /// even if a newer one is published while the run goes on.
     pub fn source_name(&self, build: &Build) -> Option<&str> {
-        let (_, name) = self.sources.get(&(build.region.clone(), build.name.clone()))?;
-        Some(name.as_str()).filter(|n| !n.is_empty())
+        self.resolved(build).map(|(_, name)| name.as_str())
+    }
+
+    fn resolved(&self, build: &Build) -> Option<&(String, String)> {
+        self.sources.get(&(build.region.clone(), build.name.clone()))?.as_ref()
     }
 
     /// Current when every region's recorded AMI exists, is available, is the
