@@ -63,13 +63,18 @@ pub fn virt_name(virtualization_type: &str) -> &str {
     }
 }
 
+/// Whether an image's tags say the factory made it: `managed-by=spark-packer`.
+pub fn is_managed(tags: &BTreeMap<&str, &str>) -> bool {
+    tags.get(MANAGED_BY.0) == Some(&MANAGED_BY.1)
+}
+
 /// The base AMI a Spark build launches from must be the factory's base
 /// image, available, and of the Spark build's virtualization and architecture.
 pub fn check_base_image(image: &crate::aws::Image, virt: &str, arch: &str, spark_build: &str) -> Result<(), String> {
     let tags = image.tags();
     let base = crate::matrix::BASE_IMAGE;
     let found_virt = virt_name(&image.virtualization_type);
-    let problem = if tags.get(MANAGED_BY.0) != Some(&MANAGED_BY.1) {
+    let problem = if !is_managed(&tags) {
         "it is not tagged managed-by=spark-packer".to_string()
     } else if tags.get(IMAGE_TAG) != Some(&base) {
         format!("it is tagged as image {:?}, not {base}", tags.get(IMAGE_TAG).unwrap_or(&""))

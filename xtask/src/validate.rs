@@ -19,7 +19,7 @@ use crate::{
     aws::{Aws, Image},
     checks::{self, Entry, ExpectedCells, Problem, Recorded},
     endpoint::EndpointArgs,
-    factory::{self, IMAGE_TAG, MANAGED_BY},
+    factory::{self, IMAGE_TAG},
     images_list,
     matrix::{Build, Filters, Matrix, Strategy},
     packer,
@@ -542,7 +542,7 @@ pub fn check_image(recorded: &Recorded, found: Option<&Image>, elsewhere: &[&str
         problems.push(format!("{id} is {} but its file says {arch}", image.architecture));
     }
     let tags = image.tags();
-    if tags.get(MANAGED_BY.0) != Some(&MANAGED_BY.1) {
+    if !factory::is_managed(&tags) {
         problems
             .push(format!("{id} lacks the factory's tag managed-by=spark-packer: it was not built by spark-packer"));
     } else if tags.get(IMAGE_TAG) != Some(&recorded.image.as_str()) {

@@ -180,7 +180,7 @@ impl Aws {
     pub fn factory_images_by_id(&self, sh: &Shell, region: &str, ids: &[&str]) -> Result<Vec<Image>> {
         let query = ImageQuery { owners: vec!["self".to_string()], ..Default::default() }.filter("image-id", ids);
         let mut images = self.describe_images(sh, region, &query)?;
-        images.retain(|image| image.tags().get(MANAGED_BY.0) == Some(&MANAGED_BY.1));
+        images.retain(|image| crate::factory::is_managed(&image.tags()));
         Ok(images)
     }
 
