@@ -5,6 +5,10 @@
 //! it; only a journal carries a `journal` record (who wrote it), which is how
 //! a later run tells a run that died from one that finished, and sweeps what
 //! the dead one may have left in EC2 (see sweep.rs).
+//!
+//! While a journal is open, an empty file of the same name waits in
+//! `build-reports/open/`, so that the start of every run reads only the
+//! journals still open, not every report the factory ever wrote.
 
 use std::{
     fs,
@@ -87,6 +91,8 @@ impl Journal {
         let journal = Writer { pid: std::process::id(), started: own_start_time()?, swept_at: None };
         let path = reports_dir().join(format!("{}.json", header.run_id));
         let doc = Document { header, journal, builds };
+        // The marker first: a journal must never be there unlisted.
+        mark_open(&path)?;
         write(&path, &doc)?;
         Ok(Journal { path, doc: Mutex::new(doc), error: Mutex::new(None) })
     }
@@ -163,25 +169,81 @@ pub fn is_alive(writer: &Writer) -> bool {
 /// The journals of runs that died, not yet swept: regular files only, and
 /// anything else in the directory (final reports, other files) skipped.
 pub fn dead_runs() -> Vec<(PathBuf, Document)> {
-    let Ok(entries) = fs::read_dir(reports_dir()) else { return Vec::new() };
-    let mut dead: Vec<(PathBuf, Document)> = entries
+    dead_runs_in(&reports_dir())
+}
+
+fn dead_runs_in(reports: &Path) -> Vec<(PathBuf, Document)> {
+    let open = reports.join(OPEN);
+    let indexed = open.join(INDEXED);
+    // Reports written before the index have no marker: read them all once.
+    let before_the_index = !indexed.exists();
+    let candidates: Vec<PathBuf> = if before_the_index {
+        json_files(reports).filter(|p| !p.ends_with("latest.json")).collect()
+    } else {
+        json_files(&open).map(|marker| reports.join(marker.file_name().unwrap_or_default())).collect()
+    };
+    let mut journals = Vec::new();
+    for path in candidates {
+        match read_journal(&path) {
+            Some(doc) if doc.journal.swept_at.is_none() => journals.push((path, doc)),
+            // Finished, swept or gone: its marker, if any, is stale.
+            _ => close(&path),
+        }
+    }
+    if before_the_index {
+        let listed = journals.iter().all(|(path, _)| mark_open(path).is_ok());
+        if listed && fs::create_dir_all(&open).is_ok() {
+            let _ = fs::write(&indexed, "");
+        }
+    }
+    let mut dead: Vec<_> = journals.into_iter().filter(|(_, doc)| !is_alive(&doc.journal)).collect();
+    dead.sort_by(|a, b| a.0.cmp(&b.0));
+    dead
+}
+
+/// The folder of open journals' markers, and the file that says every
+/// journal is listed there.
+const OPEN: &str = "open";
+const INDEXED: &str = ".indexed";
+
+/// Lists the journal at `report` as open.
+pub fn mark_open(report: &Path) -> Result<()> {
+    let marker = marker(report).context("a report path has a file name")?;
+    let dir = marker.parent().context("a marker has a directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    fs::write(&marker, "").with_context(|| format!("write {}", marker.display()))
+}
+
+/// Unlists the journal at `report`: it is finished, swept, or gone. What
+/// cannot be removed stays listed, and costs a later run one read.
+pub fn close(report: &Path) {
+    if let Some(marker) = marker(report) {
+        let _ = fs::remove_file(marker);
+    }
+}
+
+fn marker(report: &Path) -> Option<PathBuf> {
+    Some(report.parent()?.join(OPEN).join(report.file_name()?))
+}
+
+fn json_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.ends_with("latest.json"))
-        .filter_map(|p| {
-            let text = fs::read_to_string(&p).ok()?;
-            // Cheap test first: final reports carry no journal record.
-            if !text.contains("\"journal\"") {
-                return None;
-            }
-            let doc: Document = serde_json::from_str(&text).ok()?;
-            Some((p, doc))
-        })
-        .filter(|(_, doc)| doc.journal.swept_at.is_none() && !is_alive(&doc.journal))
-        .collect();
-    dead.sort_by(|a, b| a.0.cmp(&b.0));
-    dead
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+}
+
+/// The journal at `path`, or None for a final report or an unreadable file.
+fn read_journal(path: &Path) -> Option<Document> {
+    let text = fs::read_to_string(path).ok()?;
+    // Cheap test first: final reports carry no journal record.
+    if !text.contains("\"journal\"") {
+        return None;
+    }
+    serde_json::from_str(&text).ok()
 }
 
 /// Marks a dead run's journal as swept, so later runs leave it alone.
@@ -190,7 +252,9 @@ pub fn mark_swept(path: &Path, doc: &Document) -> Result<()> {
     doc.journal.swept_at = Some(project::rfc3339(project::now_secs()));
     let json = serde_json::to_string_pretty(&doc)?;
     let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-    fs::write(&tmp, json).and_then(|()| fs::rename(&tmp, path)).with_context(|| format!("write {}", path.display()))
+    fs::write(&tmp, json).and_then(|()| fs::rename(&tmp, path)).with_context(|| format!("write {}", path.display()))?;
+    close(path);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,5 +299,55 @@ mod tests {
         let back: Document = serde_json::from_str(&json).unwrap();
         assert_eq!(back.builds[0].build_region, "us-east-1");
         assert_eq!(back.builds[0].rest["error"], UNFINISHED);
+    }
+
+    fn journal_of_a_gone_process(run_id: &str) -> Document {
+        let header = Header {
+            run_id: run_id.to_string(),
+            started_at: "t".to_string(),
+            preset: "seed-2014".to_string(),
+            strategy: Strategy::Copy,
+            provisioned: false,
+            endpoint: None,
+            ami_list: "t".to_string(),
+            git_commit: "g".to_string(),
+        };
+        // This pid with another start time: a process that is gone.
+        Document { header, journal: Writer { pid: std::process::id(), started: 1, swept_at: None }, builds: Vec::new() }
+    }
+
+    fn names(found: &[(PathBuf, Document)]) -> Vec<String> {
+        found.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn a_run_start_reads_the_listed_journals_only_once_every_old_one_is_listed() {
+        let dir = std::env::temp_dir().join(format!("journal-index-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(dead_runs_in(&dir.join("none")).is_empty());
+        assert!(dir.join("none/open/.indexed").is_file(), "no reports yet: nothing to list");
+        // From before the index: a dead journal without a marker, and a final report.
+        write(&dir.join("r1.json"), &journal_of_a_gone_process("r1")).unwrap();
+        fs::write(dir.join("r0.json"), r#"{"run_id": "r0", "builds": []}"#).unwrap();
+
+        let found = dead_runs_in(&dir);
+        assert_eq!(names(&found), ["r1.json"]);
+        assert!(dir.join("open/r1.json").is_file() && dir.join("open/.indexed").is_file());
+
+        // Now only markers are read: an unlisted journal is not seen.
+        write(&dir.join("r2.json"), &journal_of_a_gone_process("r2")).unwrap();
+        assert_eq!(names(&dead_runs_in(&dir)), ["r1.json"]);
+        mark_open(&dir.join("r2.json")).unwrap();
+        assert_eq!(names(&dead_runs_in(&dir)), ["r1.json", "r2.json"]);
+
+        // Swept, it is unlisted; a marker over a final report or no file goes at the next look.
+        mark_swept(&dir.join("r1.json"), &found[0].1).unwrap();
+        assert!(!dir.join("open/r1.json").exists());
+        fs::write(dir.join("r2.json"), r#"{"run_id": "r2", "builds": []}"#).unwrap();
+        mark_open(&dir.join("r9.json")).unwrap();
+        assert!(dead_runs_in(&dir).is_empty());
+        let left: Vec<_> = fs::read_dir(dir.join("open")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [".indexed"]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -123,6 +123,7 @@ pub(crate) fn save(report: &Report) -> Result<PathBuf> {
     fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
     let tmp = dir.join(format!(".latest.json.tmp-{}", std::process::id()));
     fs::write(&tmp, &json).and_then(|()| fs::rename(&tmp, latest_path())).context("write latest.json")?;
+    crate::journal::close(&path);
     Ok(path)
 }
 

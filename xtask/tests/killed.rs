@@ -226,7 +226,7 @@ fn the_next_run_sweeps_what_a_dead_run_left() {
     );
     assert_eq!(running_instances(&emulator, region), 1);
 
-    // Its journal, written by a process that is gone.
+    // Its journal, listed as open, written by a process that is gone.
     let mut gone = Command::new("true").spawn().unwrap();
     let gone_pid = gone.id();
     gone.wait().unwrap();
@@ -238,6 +238,7 @@ fn the_next_run_sweeps_what_a_dead_run_left() {
         "journal": {"pid": gone_pid, "started": 1},
         "builds": [{"name": "base-hvm-x86_64-us-east-1", "status": "interrupted", "build_region": region}],
     });
+    journal::mark_open(&journal_path).unwrap();
     fs::write(&journal_path, doc.to_string()).unwrap();
 
     let next = xtask(&[
