@@ -91,9 +91,11 @@ impl Journal {
         let journal = Writer { pid: std::process::id(), started: own_start_time()?, swept_at: None };
         let path = reports_dir().join(format!("{}.json", header.run_id));
         let doc = Document { header, journal, builds };
-        // The marker first: a journal must never be there unlisted.
-        mark_open(&path)?;
         write(&path, &doc)?;
+        // Listed after it is written, so a listed journal that is missing was
+        // removed; nothing is launched before this, so none dies unlisted
+        // with something to sweep.
+        mark_open(&path)?;
         Ok(Journal { path, doc: Mutex::new(doc), error: Mutex::new(None) })
     }
 

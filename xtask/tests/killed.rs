@@ -238,8 +238,8 @@ fn the_next_run_sweeps_what_a_dead_run_left() {
         "journal": {"pid": gone_pid, "started": 1},
         "builds": [{"name": "base-hvm-x86_64-us-east-1", "status": "interrupted", "build_region": region}],
     });
-    journal::mark_open(&journal_path).unwrap();
     fs::write(&journal_path, doc.to_string()).unwrap();
+    journal::mark_open(&journal_path).unwrap();
 
     let next = xtask(&[
         "build-amis",
