@@ -172,3 +172,98 @@ fn without_keys_in_the_environment_the_aws_cli_finds_the_same_images() {
     let error = aws.own_images(&cli_sh, "eu-west-1").unwrap_err();
     assert!(format!("{error:#}").contains("Unable to locate credentials"), "{error:#}");
 }
+
+/// An HTTPS server on loopback that answers every POST with `body`, with a
+/// certificate of its own that no system bundle holds.
+const TLS_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key, body_file = sys.argv[1:4]
+body = open(body_file, "rb").read()
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+struct Stop(std::process::Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn self_signed(sh: &xshell::Shell, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    xshell::cmd!(
+        sh,
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout {key} -out {cert}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .run()
+    .unwrap();
+    (cert, key)
+}
+
+/// As the aws CLI does, curl trusts the certificates AWS_CA_BUNDLE names
+/// (a company's TLS proxy, say): the endpoint is reached with its bundle,
+/// and refused with another.
+#[test]
+fn an_https_endpoint_is_trusted_through_aws_ca_bundle_as_the_cli_would() {
+    let sh = xshell::Shell::new().unwrap();
+    let venv = local::ensure_venv(&sh).unwrap();
+    let dir = common::scratch("query-api-tls");
+    let (cert, key) = self_signed(&sh, &dir, "proxy");
+    let (other, _) = self_signed(&sh, &dir, "other");
+    let body = dir.join("body.xml");
+    fs::write(&body, fixture("query-moto-5.2.1-describe-source-images.xml")).unwrap();
+    let mut server = std::process::Command::new(venv.join("bin/python3"))
+        .args(["-c", TLS_SERVER])
+        .args([&cert, &key, &body])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut port).unwrap();
+    let _server = Stop(server);
+    let aws = Aws { program: "/nonexistent/aws".into(), endpoint: Some(format!("https://127.0.0.1:{}", port.trim())) };
+    sh.set_var("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE");
+    sh.set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    sh.set_var("AWS_CONFIG_FILE", "/dev/null");
+    let newest = |sh: &xshell::Shell| {
+        aws.newest_image(sh, "sa-east-1", "al2023-ami-2023.*-x86_64", &["amazon".to_string()], "x86_64")
+    };
+
+    sh.set_var("AWS_CA_BUNDLE", &cert);
+    assert_eq!(newest(&sh).unwrap().unwrap().image_id, "ami-0ed094fb1304fd857");
+    sh.set_var("AWS_CA_BUNDLE", &other);
+    let error = newest(&sh).unwrap_err();
+    assert!(format!("{error:#}").contains("certificate"), "{error:#}");
+}
+
+/// With FIPS or dual-stack endpoints asked for, which curl cannot know, the
+/// aws CLI makes the call, even with keys in the environment: here a CLI
+/// that is not there, so the call fails where curl's succeeded.
+#[test]
+fn fips_endpoints_leave_the_call_to_the_aws_cli() {
+    let sh = common::emulator_shell();
+    sh.set_var("AWS_CONFIG_FILE", "/dev/null");
+    let emulator = local::Emulator::start(&sh).unwrap();
+    let aws = Aws { program: "/nonexistent/aws".into(), endpoint: Some(emulator.endpoint()) };
+    assert!(aws.own_images(&sh, "eu-west-1").is_ok(), "curl made the call");
+    sh.set_var("AWS_USE_FIPS_ENDPOINT", "true");
+    let error = aws.own_images(&sh, "eu-west-1").unwrap_err();
+    assert!(format!("{error:#}").contains("/nonexistent/aws"), "{error:#}");
+}

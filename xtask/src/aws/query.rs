@@ -24,6 +24,8 @@ pub struct Credentials {
     access_key_id: String,
     secret_access_key: String,
     session_token: Option<String>,
+    /// `AWS_CA_BUNDLE`: the certificates the aws CLI would trust.
+    ca_bundle: Option<String>,
 }
 
 impl Credentials {
@@ -35,6 +37,7 @@ impl Credentials {
             access_key_id: var("AWS_ACCESS_KEY_ID")?,
             secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
             session_token: var("AWS_SESSION_TOKEN"),
+            ca_bundle: var("AWS_CA_BUNDLE"),
         })
     }
 
@@ -46,8 +49,26 @@ impl Credentials {
         if let Some(token) = &self.session_token {
             config.push_str(&format!("header = \"x-amz-security-token: {}\"\n", quote(token)));
         }
+        if let Some(bundle) = &self.ca_bundle {
+            config.push_str(&format!("cacert = \"{}\"\n", quote(bundle)));
+        }
         config
     }
+}
+
+/// A setting with which the aws CLI would send the call elsewhere or trust
+/// other certificates than curl would: the CLI makes such calls itself.
+/// `env` gives the environment; `config` the aws config file's text.
+pub fn setting_only_the_cli_follows(env: impl Fn(&str) -> Option<String>, config: Option<&str>) -> Option<String> {
+    // AWS_CA_BUNDLE is not here: curl is given it (see `Credentials`).
+    const ENV: [&str; 2] = ["AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"];
+    const CONFIG: [&str; 4] = ["ca_bundle", "use_fips_endpoint", "use_dualstack_endpoint", "endpoint_url"];
+    if let Some(name) = ENV.iter().find(|name| env(name).is_some_and(|v| !v.is_empty() && v != "false")) {
+        return Some(name.to_string());
+    }
+    // Any profile's: which one the CLI would read is its business, not ours.
+    let keys = config.into_iter().flat_map(str::lines).filter_map(|line| Some(line.split_once('=')?.0.trim()));
+    keys.into_iter().find(|key| CONFIG.contains(key)).map(|key| format!("{key} in the aws config file"))
 }
 
 /// Where a call for `region` goes: the emulator when there is one, else
@@ -334,10 +355,37 @@ mod tests {
 
     #[test]
     fn the_secret_goes_to_curl_on_stdin_quoted() {
-        let credentials =
-            Credentials { access_key_id: "AKID".into(), secret_access_key: "a/b+c\"d".into(), session_token: None };
+        let credentials = Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "a/b+c\"d".into(),
+            session_token: None,
+            ca_bundle: None,
+        };
         assert_eq!(credentials.curl_config(), "user = \"AKID:a/b+c\\\"d\"\n");
         let with_token = Credentials { session_token: Some("tok".into()), ..credentials };
         assert!(with_token.curl_config().ends_with("header = \"x-amz-security-token: tok\"\n"));
+        let with_bundle = Credentials { ca_bundle: Some("/etc/corp-ca.pem".into()), ..with_token };
+        assert!(with_bundle.curl_config().ends_with("cacert = \"/etc/corp-ca.pem\"\n"));
+    }
+
+    #[test]
+    fn fips_dual_stack_own_certificates_or_configured_endpoints_leave_the_call_to_the_cli() {
+        let none = |_: &str| None;
+        assert_eq!(setting_only_the_cli_follows(none, None), None);
+        let config = "[default]\nregion = us-east-1\noutput = json\n[profile ci]\ncli_pager =\n";
+        assert_eq!(setting_only_the_cli_follows(none, Some(config)), None);
+        let fips = |name: &str| (name == "AWS_USE_FIPS_ENDPOINT").then(|| "true".to_string());
+        assert_eq!(setting_only_the_cli_follows(fips, None).as_deref(), Some("AWS_USE_FIPS_ENDPOINT"));
+        let off = |name: &str| (name == "AWS_USE_FIPS_ENDPOINT").then(|| "false".to_string());
+        assert_eq!(setting_only_the_cli_follows(off, None), None);
+        let dual = |name: &str| (name == "AWS_USE_DUALSTACK_ENDPOINT").then(|| "true".to_string());
+        assert_eq!(setting_only_the_cli_follows(dual, None).as_deref(), Some("AWS_USE_DUALSTACK_ENDPOINT"));
+        let bundle = |name: &str| (name == "AWS_CA_BUNDLE").then(|| "/etc/corp-ca.pem".to_string());
+        assert_eq!(setting_only_the_cli_follows(bundle, None), None, "curl is given the same bundle");
+        let configured = "[profile ci]\n  ca_bundle = /etc/corp-ca.pem\n";
+        assert_eq!(
+            setting_only_the_cli_follows(none, Some(configured)).as_deref(),
+            Some("ca_bundle in the aws config file")
+        );
     }
 }
