@@ -106,7 +106,7 @@ impl Aws {
     /// follows is there (FIPS, dual-stack, a configured CA bundle or endpoint),
     /// the aws CLI, which also knows profiles and SSO.
     pub fn describe_images(&self, sh: &Shell, region: &str, query: &ImageQuery) -> Result<Vec<Image>> {
-        let credentials = query::Credentials::from_shell(sh).filter(|_| !self.cli_settings(sh));
+        let credentials = query::Credentials::from_shell(sh).filter(|_| !query::cli_settings_there(sh));
         let Some(credentials) = credentials else {
             let args = query.cli_args();
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -116,19 +116,6 @@ impl Aws {
         let configured = ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"].iter().find_map(|v| sh.var(v).ok());
         let endpoint = self.endpoint.clone().or(configured.filter(|url| !url.is_empty()));
         query::describe_images(&credentials, endpoint.as_deref(), region, query)
-    }
-
-    /// Whether the environment or the aws config file holds a setting that
-    /// only the aws CLI follows (see `query::setting_only_the_cli_follows`).
-    fn cli_settings(&self, sh: &Shell) -> bool {
-        let config = sh
-            .var("AWS_CONFIG_FILE")
-            .ok()
-            .filter(|f| !f.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| sh.var("HOME").ok().map(|home| PathBuf::from(home).join(".aws/config")));
-        let text = config.and_then(|path| std::fs::read_to_string(path).ok());
-        query::setting_only_the_cli_follows(|name| sh.var(name).ok(), text.as_deref()).is_some()
     }
 
     /// Images this account owns in `region`.

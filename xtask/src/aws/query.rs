@@ -8,6 +8,7 @@
 use std::{
     io::Write,
     os::unix::process::CommandExt,
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -54,6 +55,15 @@ impl Credentials {
         }
         config
     }
+}
+
+/// Whether the environment or the aws config file holds a setting that
+/// only the aws CLI follows (see `setting_only_the_cli_follows`).
+pub fn cli_settings_there(sh: &Shell) -> bool {
+    let config = sh.var("AWS_CONFIG_FILE").ok().filter(|f| !f.is_empty()).map(PathBuf::from);
+    let config = config.or_else(|| sh.var("HOME").ok().map(|home| PathBuf::from(home).join(".aws/config")));
+    let text = config.and_then(|path| std::fs::read_to_string(path).ok());
+    setting_only_the_cli_follows(|name| sh.var(name).ok(), text.as_deref()).is_some()
 }
 
 /// A setting with which the aws CLI would send the call elsewhere or trust
