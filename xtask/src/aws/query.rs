@@ -73,7 +73,9 @@ pub fn setting_only_the_cli_follows(env: impl Fn(&str) -> Option<String>, config
     // AWS_CA_BUNDLE is not here: curl is given it (see `Credentials`).
     const ENV: [&str; 2] = ["AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"];
     const CONFIG: [&str; 4] = ["ca_bundle", "use_fips_endpoint", "use_dualstack_endpoint", "endpoint_url"];
-    if let Some(name) = ENV.iter().find(|name| env(name).is_some_and(|v| !v.is_empty() && v != "false")) {
+    if let Some(name) =
+        ENV.iter().find(|name| env(name).is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("false")))
+    {
         return Some(name.to_string());
     }
     // Any profile's: which one the CLI would read is its business, not ours.
@@ -386,7 +388,7 @@ mod tests {
         assert_eq!(setting_only_the_cli_follows(none, Some(config)), None);
         let fips = |name: &str| (name == "AWS_USE_FIPS_ENDPOINT").then(|| "true".to_string());
         assert_eq!(setting_only_the_cli_follows(fips, None).as_deref(), Some("AWS_USE_FIPS_ENDPOINT"));
-        let off = |name: &str| (name == "AWS_USE_FIPS_ENDPOINT").then(|| "false".to_string());
+        let off = |name: &str| (name == "AWS_USE_FIPS_ENDPOINT").then(|| "False".to_string());
         assert_eq!(setting_only_the_cli_follows(off, None), None);
         let dual = |name: &str| (name == "AWS_USE_DUALSTACK_ENDPOINT").then(|| "true".to_string());
         assert_eq!(setting_only_the_cli_follows(dual, None).as_deref(), Some("AWS_USE_DUALSTACK_ENDPOINT"));
