@@ -228,7 +228,8 @@ fn marker(report: &Path) -> Option<PathBuf> {
     Some(report.parent()?.join(OPEN).join(report.file_name()?))
 }
 
-fn json_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
+/// The regular `*.json` files in `dir`, none if it cannot be read.
+pub(crate) fn json_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
     fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -131,11 +131,9 @@ pub(crate) fn save(report: &Report) -> Result<PathBuf> {
 /// reports (at most 20) of runs provisioned as this one is: what the live
 /// view's estimate starts from.
 pub(crate) fn earlier_seconds(builds: &[String], provisioned: bool) -> BTreeMap<String, f64> {
-    let Ok(entries) = fs::read_dir(reports_dir()) else { return BTreeMap::new() };
-    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json") && e.file_name() != "latest.json")
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = crate::journal::json_files(&reports_dir())
+        .filter(|p| !p.ends_with("latest.json"))
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     files.sort();
     let mut seconds = BTreeMap::new();
