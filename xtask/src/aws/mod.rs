@@ -173,7 +173,8 @@ impl Aws {
 
     /// The factory's images in `region`: those tagged `managed-by=spark-packer`.
     pub fn factory_images(&self, sh: &Shell, region: &str) -> Result<Vec<Image>> {
-        self.describe_images(sh, region, &factory_query())
+        let query = ImageQuery { owners: vec!["self".to_string()], ..Default::default() };
+        self.describe_images(sh, region, &query.filter(&format!("tag:{}", MANAGED_BY.0), &[MANAGED_BY.1]))
     }
 
     /// Those of the factory's images in `region` whose IDs are among `ids`;
@@ -200,12 +201,6 @@ impl Aws {
         }
         Ok(states)
     }
-}
-
-/// This account's images tagged `managed-by=spark-packer`.
-fn factory_query() -> ImageQuery {
-    let query = ImageQuery { owners: vec!["self".to_string()], ..Default::default() };
-    query.filter(&format!("tag:{}", MANAGED_BY.0), &[MANAGED_BY.1])
 }
 
 /// An image with the EBS snapshots behind it: what a cleanup deletes after
