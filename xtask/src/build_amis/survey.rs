@@ -44,6 +44,14 @@ pub(crate) enum Currency {
     Stale(Vec<String>),
 }
 
+/// A source filter as Packer resolves it: launch region, name pattern,
+/// owners, architecture.
+type SourceFilter<'a> = (&'a str, &'a str, &'a [String], &'a str);
+
+fn source_filter(b: &Build) -> SourceFilter<'_> {
+    (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str())
+}
+
 impl Survey {
     /// Resolves every build's source filter in its launch region, and, given
     /// the ami-list tree, looks up the factory images it records for these
@@ -58,10 +66,7 @@ impl Survey {
 
     fn take_all(sh: &Shell, site: &Site, builds: &[Build], list_images: Option<&Path>) -> Result<Survey> {
         // One call per distinct filter and region: base and Spark share theirs.
-        let filters: BTreeSet<(&str, &str, &[String], &str)> = builds
-            .iter()
-            .map(|b| (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str()))
-            .collect();
+        let filters: BTreeSet<SourceFilter> = builds.iter().map(source_filter).collect();
         let resolved: BTreeMap<_, Option<(String, String)>> = filters
             .into_par_iter()
             .map_with(sh.clone(), |sh, filter @ (region, name, owners, arch)| {
@@ -70,11 +75,7 @@ impl Survey {
                 (filter, found.ok().flatten().map(|i| (i.image_id, i.name)))
             })
             .collect();
-        let sources = builds.iter().map(|b| {
-            let filter =
-                (b.region.as_str(), b.source_ami.name.as_str(), b.source_ami.owners.as_slice(), b.arch.as_str());
-            ((b.region.clone(), b.name.clone()), resolved[&filter].clone())
-        });
+        let sources = builds.iter().map(|b| ((b.region.clone(), b.name.clone()), resolved[&source_filter(b)].clone()));
         // Only the IDs ami-list records, and only where it records any: the
         // listing then stays as small as the matrix however many images
         // earlier runs left in the region.
